@@ -1,0 +1,186 @@
+"""The one small interface every model implements, so the app, CLI, jobs and benchmark treat them alike.
+
+A model owns its networks, losses and scoring. Training is driven by `recon_core.train.fit`, which asks the
+model for its `stages()` (one or more phases, each a step function with its optimizers and a share of the
+budget) and handles budgets, the lr schedule, progress, checkpoints, cancel and resume in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from recon_core.config import from_dict, to_dict
+from recon_core.errors import ConfigError
+
+
+@dataclass
+class Budget:
+    """How long to train: a number of iterations, or a wall-clock limit in minutes (calibrated once)."""
+
+    iterations: int | None = None
+    minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.iterations is None) == (self.minutes is None):
+            raise ConfigError("budget: give exactly one of iterations or minutes")
+        if self.iterations is not None and self.iterations < 1:
+            raise ConfigError("budget: iterations must be at least 1")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ConfigError("budget: minutes must be positive")
+
+
+@dataclass
+class Progress:
+    """One progress report, emitted every few iterations and at the end of each stage."""
+
+    stage: str
+    iteration: int  # global, across stages, 1-based
+    total_iterations: int
+    losses: dict[str, float]
+    images_per_s: float
+    elapsed_s: float
+    eta_s: float
+    lr: float
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class TrainingStage:
+    """A phase of training. `step(images, rng)` runs one optimisation step on a batch of clean good images
+    (B, 3, H, W) in [0, 1] on the model's device and returns its loss terms (floats, including "total")."""
+
+    name: str
+    weight: float  # share of the total iteration budget
+    step: Callable[[torch.Tensor, np.random.Generator], dict[str, float]]
+    optimizers: list[torch.optim.Optimizer]
+    lr_drops: tuple[float, ...] = (0.8, 0.9)  # fractions of the stage where lr is multiplied by 0.1
+
+
+@dataclass
+class Prediction:
+    """Scores for a batch: image_scores (N,) higher = more anomalous; maps (N, H, W) at model resolution."""
+
+    image_scores: np.ndarray
+    maps: np.ndarray
+
+
+@dataclass
+class ModelConfig:
+    """Fields every model config has; each model subclasses it with its own."""
+
+    image_size: int = 256
+    batch_size: int = 8
+    lr: float = 1e-4
+
+
+class AnomalyModel(ABC):
+    """Base class. Subclasses set `name`, `config_class`, `presets` and implement the abstract methods."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]]
+    presets: ClassVar[dict[str, dict[str, Any]]]  # preset name -> config overrides ("cpu", "gpu", "paper", ...)
+    default_preset: ClassVar[str] = "cpu"
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: ModelConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.synth_config: Any = None  # the SynthConfig used for training, set by setup_training
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def config_from_preset(cls, preset: str | None = None, **overrides: Any) -> ModelConfig:
+        preset = preset or cls.default_preset
+        if preset not in cls.presets:
+            raise ConfigError(f"{cls.name}: unknown preset {preset!r}; choose from {sorted(cls.presets)}")
+        values = {**cls.presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        return from_dict(cls.config_class, values, where=f"{cls.name} config")
+
+    def config_dict(self) -> dict[str, Any]:
+        return to_dict(self.config)
+
+    @abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """Every nn.Module whose weights are saved, by a stable name."""
+
+    # ---- training ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def setup_training(self, train_images: np.ndarray, synth_config: Any, seed: int) -> None:
+        """Prepare for training on (N, H, W, 3) float32 images in [0, 1] at config.image_size: build the
+        defect generator, optimizers, anything data-dependent. Called once before `stages()` (also on resume)."""
+
+    @abstractmethod
+    def stages(self) -> list[TrainingStage]:
+        """The training phases in order; valid after setup_training."""
+
+    def finish_training(self, train_images: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """After the last step: compute statistics needed for scoring (e.g. latent mean/covariance)."""
+
+    # ---- inference ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def predict(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
+        """Score (N, H, W, 3) float32 images in [0, 1] at config.image_size."""
+
+    # ---- persistence -------------------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """Non-network state needed for scoring (tensors, numbers, strings, lists, dicts only)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Inverse of extra_state."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "networks": {name: net.state_dict() for name, net in self.networks().items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        nets = self.networks()
+        saved = state.get("networks", {})
+        missing = sorted(set(nets) - set(saved))
+        if missing:
+            raise ConfigError(f"{self.name}: saved state lacks networks {missing}")
+        for name, net in nets.items():
+            net.load_state_dict(saved[name])
+        self.load_extra_state(state.get("extra", {}))
+
+    def train_mode(self, training: bool) -> None:
+        for net in self.networks().values():
+            net.train(training)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for net in self.networks().values() for p in net.parameters())
+
+    def to(self, device: torch.device | str) -> AnomalyModel:
+        self.device = torch.device(device)
+        for net in self.networks().values():
+            net.to(self.device)
+        return self
+
+
+def replace_config(config: ModelConfig, **changes: Any) -> ModelConfig:
+    return dataclasses.replace(config, **changes)
+
+
+__all__ = [
+    "AnomalyModel",
+    "Budget",
+    "ModelConfig",
+    "Prediction",
+    "Progress",
+    "ProgressFn",
+    "TrainingStage",
+    "field",
+    "replace_config",
+]
