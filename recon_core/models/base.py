@@ -91,6 +91,7 @@ class AnomalyModel(ABC):
     presets: ClassVar[dict[str, dict[str, Any]]]  # preset name -> config overrides ("cpu", "gpu", "paper", ...)
     default_preset: ClassVar[str] = "cpu"
     description: ClassVar[str] = ""
+    uses_labelled_defects: ClassVar[bool] = False  # True if fit can take a few real defect images
 
     def __init__(self, config: ModelConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
@@ -118,6 +119,11 @@ class AnomalyModel(ABC):
     def setup_training(self, train_images: np.ndarray, synth_config: Any, seed: int) -> None:
         """Prepare for training on (N, H, W, 3) float32 images in [0, 1] at config.image_size: build the
         defect generator, optimizers, anything data-dependent. Called once before `stages()` (also on resume)."""
+
+    def set_labelled_defects(self, images: np.ndarray, masks: np.ndarray | None = None) -> None:
+        """Give a handful of real defect images (N, H, W, 3) before setup_training; models that cannot use
+        them refuse clearly rather than ignore them."""
+        raise ConfigError(f"model {self.name!r} does not use labelled defect images")
 
     @abstractmethod
     def stages(self) -> list[TrainingStage]:
