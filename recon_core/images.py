@@ -85,7 +85,7 @@ def display_path(path: str | os.PathLike) -> str:
 # Single files
 
 
-def _open_checked(path: Path, handle) -> Image.Image:
+def _open_checked(path: Path, handle, min_side: int) -> Image.Image:
     """Open lazily, check the header's size, then decode fully (first frame). Raises ImageError."""
     shown = display_path(path)
     try:
@@ -98,9 +98,9 @@ def _open_checked(path: Path, handle) -> Image.Image:
                     f"{shown}: image is {width}x{height} ({width * height / 1e6:.0f} MP), larger than the "
                     f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit; downscale it first"
                 )
-            if min(width, height) < MIN_IMAGE_SIDE:
+            if min(width, height) < min_side:
                 raise ImageError(
-                    f"{shown}: image is only {width}x{height} pixels; at least {MIN_IMAGE_SIDE} px on the short side "
+                    f"{shown}: image is only {width}x{height} pixels; at least {min_side} px on the short side "
                     "is needed"
                 )
             if getattr(img, "n_frames", 1) > 1:
@@ -121,7 +121,7 @@ def _open_checked(path: Path, handle) -> Image.Image:
         raise ImageError(f"{shown}: could not decode ({text})") from exc
 
 
-def _read(path: str | os.PathLike) -> Image.Image:
+def _read(path: str | os.PathLike, min_side: int = MIN_IMAGE_SIDE) -> Image.Image:
     path = Path(path)
     shown = display_path(path)
     try:
@@ -136,7 +136,7 @@ def _read(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"{shown}: empty file (0 bytes)")
     try:
         with open(path, "rb") as handle:
-            img = _open_checked(path, handle)
+            img = _open_checked(path, handle, min_side)
             # detach from the file handle: after load() the pixel data lives in memory
             return img
     except PermissionError as exc:
@@ -184,7 +184,7 @@ def _resize(arr: np.ndarray, size: int | tuple[int, int] | None, nearest: bool =
     if arr.shape[:2] == (height, width):
         return arr
     if nearest:
-        interp = cv2.INTER_NEAREST
+        interp = cv2.INTER_NEAREST_EXACT  # pixel-centre sampling (plain INTER_NEAREST is shifted)
     elif arr.shape[0] >= height and arr.shape[1] >= width:
         interp = cv2.INTER_AREA  # shrinking: area averaging, no aliasing
     else:
@@ -206,7 +206,7 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
 def load_mask(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> np.ndarray:
     """A ground-truth mask as float32 (H, W) in {0, 1}. Non-binary masks are thresholded at half their own
     maximum (so 0/1, 0/255 and anti-aliased masks all work); colour masks count any channel."""
-    arr = _to_float(_read(path))
+    arr = _to_float(_read(path, min_side=1))  # masks are only resized, so any size is usable
     if arr.ndim == 3:
         arr = arr.max(axis=2)
     peak = float(arr.max(initial=0.0))
