@@ -100,22 +100,25 @@ def perlin_noise(size: int, res: tuple[int, int], rng: np.random.Generator) -> n
     dy, dx = size // ry, size // rx
     angles = rng.random((ry + 1, rx + 1), dtype=np.float32) * np.float32(2 * np.pi)
     gy, gx = np.sin(angles), np.cos(angles)
-    # local coordinate within a cell and cell index, per axis
+    # local coordinate within a cell, per axis (offset by half a pixel so lattice points are not sampled exactly)
     ty = (np.arange(size, dtype=np.float32) % dy + 0.5) / dy
     tx = (np.arange(size, dtype=np.float32) % dx + 0.5) / dx
-    cy = np.arange(size) // dy
-    cx = np.arange(size) // dx
+
+    def expand(grid: np.ndarray) -> np.ndarray:
+        # each cell's value repeated over its dy x dx pixels (nearest resize = exact repeat, and fast)
+        return cv2.resize(np.ascontiguousarray(grid), (size, size), interpolation=cv2.INTER_NEAREST)
 
     def corner(oy: int, ox: int) -> np.ndarray:
-        # dot(gradient at corner, offset from corner) = gx * (tx - ox) + gy * (ty - oy)
-        gxc = gx[cy + oy][:, cx + ox]
-        gyc = gy[cy + oy][:, cx + ox]
+        # dot(gradient at the cell corner, offset from that corner)
+        gxc = expand(gx[oy : oy + ry, ox : ox + rx])
+        gyc = expand(gy[oy : oy + ry, ox : ox + rx])
         return gxc * (tx - ox)[None, :] + gyc * (ty - oy)[:, None]
 
     fy = _fade(ty)[:, None]
     fx = _fade(tx)[None, :]
-    top = corner(0, 0) + fx * (corner(0, 1) - corner(0, 0))
-    bottom = corner(1, 0) + fx * (corner(1, 1) - corner(1, 0))
+    n00, n01, n10, n11 = corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1)
+    top = n00 + fx * (n01 - n00)
+    bottom = n10 + fx * (n11 - n10)
     return np.float32(math.sqrt(2)) * (top + fy * (bottom - top))
 
 
@@ -176,10 +179,10 @@ def _invert(img, rng):
     return 255 - img
 
 
-def _autocontrast(img, rng):
-    lo = img.reshape(-1, 3).min(axis=0).astype(np.float32)
-    hi = img.reshape(-1, 3).max(axis=0).astype(np.float32)
-    span = np.maximum(hi - lo, 1.0)
+def _autocontrast(img, rng):  # stretch each channel to the full range
+    bounds = [cv2.minMaxLoc(channel)[:2] for channel in cv2.split(img)]
+    lo = np.array([b[0] for b in bounds], np.float32)
+    span = np.maximum(np.array([b[1] for b in bounds], np.float32) - lo, 1.0)
     return _lut(img, (_LEVELS[None, :] - lo[:, None]) * (255.0 / span[:, None]))
 
 
@@ -225,8 +228,9 @@ def _texture_files(folder: Path, recursive: bool) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_texture_pool(folder: str, recursive: bool, height: int, width: int, seed: int) -> np.ndarray:
-    """uint8 (T, H, W, 3), cached so a live preview does not re-read the folder each time."""
+def _load_texture_pool(folder: str, recursive: bool, height: int, width: int, seed: int, stamp: int) -> np.ndarray:
+    """uint8 (T, H, W, 3), cached so a live preview does not re-read the folder each time (`stamp` = the
+    folder's modification time, so adding or removing files at its top level refreshes the cache)."""
     from recon_core.images import load_image
 
     root = Path(folder)
@@ -297,7 +301,11 @@ class DefectGenerator:
         else:
             folder = str(bundled_textures_dir()) if config.texture_source == "bundled" else str(config.texture_dir)
             recursive = config.texture_source == "folder"
-            self._source = _load_texture_pool(folder, recursive, image_size, image_size, config.seed)
+            try:
+                stamp = Path(folder).stat().st_mtime_ns
+            except OSError as exc:
+                raise ConfigError(f"synth.texture_dir: {folder} is not a folder") from exc
+            self._source = _load_texture_pool(folder, recursive, image_size, image_size, config.seed, stamp)
         self._pools[(image_size, image_size)] = self._source
 
     @property
@@ -385,13 +393,16 @@ class DefectGenerator:
             if not (force_defect or rng.random() < cfg.defect_probability):
                 continue
             mask = self._one_mask(rng, height, width)
-            tex = self._texture(rng, height, width).astype(np.float32) * np.float32(1 / 255)
+            tex = self._texture(rng, height, width).astype(np.float32)
+            tex *= np.float32(1 / 255)
             opacity = np.float32(rng.uniform(cfg.opacity_min, cfg.opacity_max))
-            m = mask[..., None]
+            # img*(1-m) + opacity*tex*m + (1-opacity)*img*m == img + opacity*m*(tex - img), computed in place;
+            # outside the mask this adds exactly 0, so those pixels are exact copies of the input
             img = out[i]
-            # img*(1-m) + opacity*tex*m + (1-opacity)*img*m, written so pixels outside the mask are exact copies
-            blended = img + (opacity * m) * (tex - img)
-            out[i] = np.clip(blended, 0.0, 1.0)
+            tex -= img
+            tex *= (opacity * mask)[..., None]
+            tex += img
+            np.clip(tex, 0.0, 1.0, out=img)
             masks[i] = mask
             has_defect[i] = True
         return out, masks, has_defect
