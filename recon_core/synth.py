@@ -276,6 +276,13 @@ def noise_textures(n: int, height: int, width: int, rng: np.random.Generator) ->
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _noise_pool(size: int, seed: int) -> np.ndarray:
+    pool = noise_textures(NOISE_TEXTURES, size, size, np.random.default_rng(seed))
+    pool.flags.writeable = False  # shared between generators
+    return pool
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Generator
 
@@ -297,7 +304,7 @@ class DefectGenerator:
                 raise ConfigError(f"textures must be (T, H, W, 3), got shape {textures.shape}")
             self._source = np.stack([_to_uint8(t, image_size, image_size) for t in textures])
         elif config.texture_source == "noise":
-            self._source = noise_textures(NOISE_TEXTURES, image_size, image_size, np.random.default_rng(config.seed))
+            self._source = _noise_pool(image_size, config.seed)
         else:
             folder = str(bundled_textures_dir()) if config.texture_source == "bundled" else str(config.texture_dir)
             recursive = config.texture_source == "folder"
@@ -306,6 +313,7 @@ class DefectGenerator:
             except OSError as exc:
                 raise ConfigError(f"synth.texture_dir: {folder} is not a folder") from exc
             self._source = _load_texture_pool(folder, recursive, image_size, image_size, config.seed, stamp)
+            self._source.flags.writeable = False  # shared between generators through the cache
         self._pools[(image_size, image_size)] = self._source
 
     @property
@@ -428,24 +436,9 @@ def preview(
     rng = np.random.default_rng(config.seed)
     pick = rng.permutation(len(images))
     chosen = images[np.resize(pick, n)]
-    generator = _cached_generator(config, images.shape[1])
+    generator = DefectGenerator(config, images.shape[1])  # cheap: texture pools are cached per source and size
     augmented, masks, _ = generator.augment(chosen, rng, force_defect=force_defect)
     return augmented, masks
-
-
-_GENERATORS: dict[tuple, DefectGenerator] = {}
-
-
-def _cached_generator(config: SynthConfig, size: int) -> DefectGenerator:
-    # Texture pools depend only on source, folder, size and seed: reuse the generator across preview calls.
-    key = (config.texture_source, config.texture_dir, size, config.seed)
-    gen = _GENERATORS.get(key)
-    if gen is None:
-        if len(_GENERATORS) > 8:
-            _GENERATORS.clear()
-        gen = _GENERATORS[key] = DefectGenerator(config, size)
-    gen.config = config
-    return gen
 
 
 def preview_grid(augmented: np.ndarray, masks: np.ndarray, columns: int = 4, gap: int = 2) -> np.ndarray:
