@@ -8,6 +8,7 @@ Thresholds never fall back silently: if one cannot be chosen, ReconError says wh
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,11 +213,11 @@ class Threshold:
     params: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.value, int | float) or isinstance(self.value, bool) or not math.isfinite(self.value):
+        if not isinstance(self.value, numbers.Real) or isinstance(self.value, bool) or not math.isfinite(self.value):
             raise ReconError(f"threshold: value must be a finite number, got {self.value!r}")
         self.value = float(self.value)
         if self.review_below is not None:
-            if not math.isfinite(self.review_below):
+            if not isinstance(self.review_below, numbers.Real) or not math.isfinite(self.review_below):
                 raise ReconError(f"threshold: review_below must be finite, got {self.review_below!r}")
             if self.review_below > self.value:
                 raise ReconError(
@@ -278,11 +279,13 @@ def threshold_manual(value: float) -> Threshold:
 
 
 def verdicts(scores: Any, threshold: Threshold) -> list[str]:
+    """accept / review / reject per score. A NaN score (a failed prediction) is never accepted: it goes to review."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     out = np.full(s.shape, "accept", dtype=object)
     if threshold.review_below is not None:
         out[s >= threshold.review_below] = "review"
     out[s >= threshold.value] = "reject"
+    out[np.isnan(s)] = "review"
     return out.tolist()
 
 

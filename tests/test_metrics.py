@@ -239,6 +239,8 @@ def test_verdicts_with_review_band():
     thr = Threshold(0.5, "manual", review_below=0.3)
     assert verdicts([0.1, 0.3, 0.49, 0.5, 0.9], thr) == ["accept", "review", "review", "reject", "reject"]
     assert verdicts([0.1, 0.3, 0.6], Threshold(0.5, "manual")) == ["accept", "accept", "reject"]
+    assert verdicts([float("nan"), float("inf")], Threshold(0.5, "manual")) == ["review", "reject"]
+    assert Threshold(np.float32(0.5), "f1", review_below=np.float32(0.25)).value == 0.5
 
 
 def test_confusion():
@@ -282,3 +284,10 @@ def test_pixel_metrics_agree_with_sklearn_and_aupro_bounded(seed):
     value = aupro(masks, maps)
     assert 0 <= value <= 1
     assert aupro(masks, np.exp(maps)) == pytest.approx(value, abs=1e-9)
+
+
+def test_threshold_json_round_trip():
+    from recon_core.config import from_dict, to_dict
+
+    thr = threshold_at_fpr(LABELS, SCORES, 0.5).with_review(0.2)
+    assert from_dict(Threshold, to_dict(thr)) == thr
