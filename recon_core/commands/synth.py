@@ -40,6 +40,8 @@ def build_config(args: argparse.Namespace) -> SynthConfig:
         given = getattr(args, name, None)
         if given is not None:
             values[name] = given
+    if args.texture_dir and args.texture_source is None:
+        values["texture_source"] = "folder"  # --texture-dir alone means "use that folder"
     return from_dict(SynthConfig, values, where="synth")
 
 
