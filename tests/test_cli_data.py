@@ -107,5 +107,6 @@ def test_texture_dir_alone_means_folder(tmp_path, capsys):
     root = make_dataset(tmp_path / "ds")
     noisy(tmp_path / "tex" / "deep" / "t.png", seed=5)
     out = str(tmp_path / "g.png")
-    assert main(["synth", "preview", str(root), "--out", out, "--texture-dir", str(tmp_path / "tex"), "--size", "32"]) == 0
+    tex = str(tmp_path / "tex")
+    assert main(["synth", "preview", str(root), "--out", out, "--texture-dir", tex, "--size", "32"]) == 0
     assert "texture_source='folder'" in capsys.readouterr().out
