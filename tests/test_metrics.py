@@ -291,3 +291,34 @@ def test_threshold_json_round_trip():
 
     thr = threshold_at_fpr(LABELS, SCORES, 0.5).with_review(0.2)
     assert from_dict(Threshold, to_dict(thr)) == thr
+
+
+def _brute_aupro(masks, maps, max_fpr=0.3):
+    """Reference: PRO and FPR at EVERY distinct score, regions from skimage, same integration rule."""
+    from skimage.measure import label
+
+    regions = []
+    for m in range(len(masks)):
+        lab = label(masks[m], connectivity=2)
+        regions += [maps[m][lab == r] for r in range(1, lab.max() + 1)]
+    good = maps[masks == 0]
+    ts = np.concatenate([[np.inf], np.unique(maps)[::-1]])
+    fpr = np.array([(good >= t).mean() for t in ts])
+    pro = np.array([np.mean([(r >= t).mean() for r in regions]) for t in ts])
+    keep = fpr <= max_fpr
+    j = np.flatnonzero(fpr > max_fpr)[0]
+    y_end = pro[j - 1] + (pro[j] - pro[j - 1]) * (max_fpr - fpr[j - 1]) / (fpr[j] - fpr[j - 1])
+    return np.trapezoid(np.append(pro[keep], y_end), np.append(fpr[keep], max_fpr)) / max_fpr
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_aupro_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((4, 24, 24), np.uint8)
+    for i in range(4):
+        for _ in range(rng.integers(0, 3)):
+            r, c = rng.integers(0, 20, 2)
+            masks[i, r : r + rng.integers(1, 5), c : c + rng.integers(1, 5)] = 1
+    masks[0, 0, 0] = 1
+    maps = rng.random(masks.shape) + rng.random() * masks
+    assert aupro(masks, maps) == pytest.approx(_brute_aupro(masks, maps), abs=1e-9)
