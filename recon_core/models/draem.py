@@ -1,0 +1,236 @@
+"""DRAEM (Zavrtanik, Kristan, Skočaj, ICCV 2021): discriminatively trained reconstruction anomaly embedding.
+
+Training: a good image gets a synthetic defect (recon_core.synth.DefectGenerator); the *reconstructive*
+network (encoder-decoder without skips) learns to restore the clean image (L2 + 1 - SSIM), the
+*discriminative* U-Net sees concat(augmented, reconstruction) (6 channels) and segments the defect (2-class
+softmax, focal loss gamma 2). Optional SSPCAB replaces the reconstructive encoder's last block and adds
+0.1 x its own reconstruction MSE.
+
+Scoring (official DRAEM test code): anomaly map = softmax channel 1 at the model resolution (the networks are
+fully convolutional, so the map has the input's size); image score = max of the map after a k x k average
+pool, k = 21 at 256 px scaled to the resolution (odd). Inputs stay in [0, 1], no ImageNet normalisation.
+
+Presets: `paper` is the published configuration (GPU, hours); `gpu` a faster GPU setting; `cpu` and
+`cpu-fast` were chosen by measurement on a 2-core CPU (see notes/draem.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recon_core.errors import ConfigError
+from recon_core.models.base import AnomalyModel, ModelConfig, Prediction, TrainingStage
+from recon_core.models.layers import NORMS, UNet, draem_widths, focal_loss, mean_pool_max, pool_size_for, ssim_loss
+
+
+@dataclass
+class DraemConfig(ModelConfig):
+    image_size: int = 128
+    batch_size: int = 8
+    lr: float = 5e-4
+    recon_width: int = 32  # base width w of the reconstructive net: blocks w, 2w, 4w, 8w, 8w (depth 5)
+    recon_depth: int = 5
+    disc_width: int = 16  # base width of the discriminative U-Net: w, 2w, 4w, 8w, 8w, 8w (depth 6)
+    disc_depth: int = 6
+    norm: str = "batch"  # batch | group | instance | none
+    sspcab: bool = False  # SSPCAB replaces the last reconstructive encoder block
+    sspcab_weight: float = 0.1
+    focal_gamma: float = 2.0
+    score_pool: int = 21  # average-pool window for the image score, in pixels at 256 px (scaled); <= 1: max
+    channels_last: bool = False  # NHWC memory format (faster convolutions on some CPUs)
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"draem.norm: {self.norm!r} is not one of {list(NORMS)}")
+        for name in ("recon_width", "disc_width", "recon_depth", "disc_depth", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"draem.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.sspcab and self.recon_depth < 2:
+            raise ConfigError("draem.sspcab needs recon_depth >= 2")
+        if self.image_size < 8:
+            raise ConfigError(f"draem.image_size: must be at least 8, got {self.image_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"draem.lr: must be positive, got {self.lr}")
+        if self.focal_gamma < 0 or self.sspcab_weight < 0:
+            raise ConfigError("draem.focal_gamma and draem.sspcab_weight must not be negative")
+
+
+class DraemNets(nn.Module):
+    """Both sub-networks; forward = (reconstruction, discriminative logits)."""
+
+    def __init__(self, cfg: DraemConfig) -> None:
+        super().__init__()
+        self.reconstructive = UNet(
+            3, 3, draem_widths(cfg.recon_width, cfg.recon_depth), skips=False, norm=cfg.norm, sspcab=cfg.sspcab
+        )
+        self.discriminative = UNet(6, 2, draem_widths(cfg.disc_width, cfg.disc_depth), skips=True, norm=cfg.norm)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        recon = self.reconstructive(x)
+        return recon, self.discriminative(torch.cat([x, recon], dim=1))
+
+
+class Draem(AnomalyModel):
+    name: ClassVar[str] = "draem"
+    config_class: ClassVar[type[ModelConfig]] = DraemConfig
+    description: ClassVar[str] = (
+        "DRAEM: learns to inpaint synthetic defects and to segment them from the image and its reconstruction. "
+        "Strong on objects and textures; gives pixel-accurate maps."
+    )
+    default_preset: ClassVar[str] = "cpu"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # The published configuration: 256 px, w = 128 / 64 (~97M parameters), Adam 1e-4, batch 8; the paper
+        # trains 700 epochs of 200-400 images, i.e. ~20k iterations (see preset_budgets). GPU only.
+        "paper": {"image_size": 256, "recon_width": 128, "disc_width": 64, "lr": 1e-4, "batch_size": 8},
+        # A GPU setting that converges in ~10-20 min on one modern GPU.
+        "gpu": {"image_size": 256, "recon_width": 64, "disc_width": 32, "lr": 2e-4, "batch_size": 8},
+        # 2-core CPU, <= 10 min (chosen by measurement, notes/draem.md)
+        "cpu": {"image_size": 128, "recon_width": 32, "disc_width": 16, "lr": 5e-4, "batch_size": 8},
+        # 2-core CPU, ~3 min
+        "cpu-fast": {"image_size": 128, "recon_width": 16, "disc_width": 16, "lr": 1e-3, "batch_size": 8},
+    }
+    # suggested budgets per preset (the run's budget is set by the caller; these are what the presets were
+    # chosen for)
+    preset_budgets: ClassVar[dict[str, dict[str, float]]] = {
+        "paper": {"iterations": 20000},
+        "gpu": {"iterations": 8000},
+        "cpu": {"minutes": 10},
+        "cpu-fast": {"minutes": 3},
+    }
+
+    def __init__(self, config: ModelConfig, device: torch.device | str = "cpu") -> None:
+        if not isinstance(config, DraemConfig):
+            raise ConfigError(f"draem: expected a DraemConfig, got {type(config).__name__}")
+        super().__init__(config, device)
+        self.cfg: DraemConfig = config
+        self.nets = DraemNets(config)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.generator: Any = None
+        self.to(self.device)
+
+    # ---- construction ------------------------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        return {"reconstructive": self.nets.reconstructive, "discriminative": self.nets.discriminative}
+
+    def to(self, device: torch.device | str) -> Draem:
+        super().to(device)
+        if self.cfg.channels_last:
+            self.nets.to(memory_format=torch.channels_last)
+        return self
+
+    def _format(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    @property
+    def pool_size(self) -> int:
+        return pool_size_for(self.cfg.image_size, self.cfg.score_pool) if self.cfg.score_pool > 1 else 1
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def setup_training(self, train_images: np.ndarray, synth_config: Any, seed: int) -> None:
+        from recon_core.synth import DefectGenerator, SynthConfig
+
+        self.synth_config = synth_config if synth_config is not None else SynthConfig()
+        self.generator = DefectGenerator(self.synth_config, self.cfg.image_size)
+        # one Adam over both networks, as in the official code (the lr drops are applied by train.fit)
+        self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.cfg.lr)
+
+    def stages(self) -> list[TrainingStage]:
+        if self.optimizer is None:
+            raise ConfigError("draem: call setup_training before stages()")
+        return [TrainingStage("draem", 1.0, self._step, [self.optimizer])]
+
+    def losses(self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """DRAEM's loss on one batch: L2 + (1 - SSIM) of the reconstruction vs the clean image, focal loss of
+        the segmentation vs the defect mask, + sspcab_weight x SSPCAB MSE."""
+        recon, logits = self.nets(augmented)
+        out = {
+            "l2": F.mse_loss(recon, clean),
+            "ssim": ssim_loss(recon, clean),
+            "focal": focal_loss(logits, masks, gamma=self.cfg.focal_gamma),
+        }
+        total = out["l2"] + out["ssim"] + out["focal"]
+        aux = self.nets.reconstructive.aux_loss()
+        if aux is not None:
+            out["sspcab"] = aux
+            total = total + self.cfg.sspcab_weight * aux
+        out["total"] = total
+        return out
+
+    def synthesize(self, images: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean (B, 3, H, W) batch -> (augmented batch, masks (B, H, W)) on the model's device."""
+        if self.generator is None:
+            raise ConfigError("draem: call setup_training before training steps")
+        batch = images.detach().permute(0, 2, 3, 1).float().cpu().numpy()
+        aug, masks, _ = self.generator.augment(batch, rng)
+        aug_t = torch.from_numpy(aug).permute(0, 3, 1, 2)
+        return self._format(aug_t), torch.from_numpy(masks).to(self.device)
+
+    def _step(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+        assert self.optimizer is not None
+        self.nets.train()
+        augmented, masks = self.synthesize(images, rng)
+        losses = self.losses(self._format(images), augmented, masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        self.optimizer.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    # ---- inference ---------------------------------------------------------------------------------------
+    def score_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) in [0, 1] -> (image scores (B,), anomaly maps (B, S, S)); no grad handling."""
+        _, logits = self.nets(x)
+        maps = torch.softmax(logits, dim=1)[:, 1]
+        return mean_pool_max(maps, self.pool_size), maps
+
+    def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ConfigError(f"draem: expected images of shape (N, H, W, 3), got {tuple(images.shape)}")
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
+        size = self.cfg.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return self._format(x)
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
+        self.nets.eval()
+        images = np.asarray(images)
+        scores, maps = [], []
+        step = max(1, int(batch_size))
+        for start in range(0, len(images), step):
+            s, m = self.score_tensor(self._to_tensor(images[start : start + step]))
+            scores.append(s.float().cpu())
+            maps.append(m.float().cpu())
+        if not scores:
+            size = self.cfg.image_size
+            return Prediction(np.zeros(0, np.float32), np.zeros((0, size, size), np.float32))
+        return Prediction(
+            image_scores=torch.cat(scores).numpy().astype(np.float32),
+            maps=torch.cat(maps).numpy().astype(np.float32),
+        )
+
+    def onnx_module(self) -> nn.Module:
+        """(B, 3, S, S) in [0, 1] -> (scores (B,), maps (B, S, S)); for ONNX export. Call .eval() on it."""
+        return _DraemScorer(self)
+
+
+class _DraemScorer(nn.Module):
+    def __init__(self, model: Draem) -> None:
+        super().__init__()
+        self.nets = model.nets
+        self.pool = model.pool_size
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, logits = self.nets(x)
+        maps = torch.softmax(logits, dim=1)[:, 1]
+        return mean_pool_max(maps, self.pool), maps
+
+
+__all__ = ["Draem", "DraemConfig", "DraemNets"]
