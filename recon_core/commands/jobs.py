@@ -1,0 +1,315 @@
+"""`python -m recon_core jobs submit|list|show|cancel|resume|logs|delete`: background training jobs.
+
+Jobs live in <workspace>/jobs.sqlite (workspace: --workspace, else $RECON_WORKSPACE, else ./workspace) and run in
+their own worker processes, so closing the terminal does not stop them. `jobs worker` is the hidden entry point a
+worker process runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from recon_core.errors import ConfigError
+from recon_core.jobs import Job, JobStore, default_workspace, run_worker
+
+FOLLOW_POLL_S = 0.5
+
+
+def _store(args: argparse.Namespace) -> JobStore:
+    return JobStore(args.workspace or default_workspace())
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set image_size=128")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def build_spec(args: argparse.Namespace) -> Any:
+    """A RunSpec from the submit arguments (validated by RunSpec/from_dict: unknown settings are errors)."""
+    from recon_core.config import from_dict, load_json
+    from recon_core.runs import RunSpec
+    from recon_core.synth import SynthConfig
+
+    values: dict[str, Any] = {"data": str(Path(args.path).expanduser().resolve()), "model": args.model}
+    optional = {
+        "preset": args.preset,
+        "shots": args.shots,
+        "iterations": args.iterations,
+        "minutes": args.minutes,
+        "device": args.device,
+        "seed": args.seed,
+        "checkpoint_every": args.checkpoint_every,
+        "name": args.name,
+    }
+    values.update({k: v for k, v in optional.items() if v is not None})
+    if args.set:
+        values["model_overrides"] = _overrides(args.set)
+    if args.synth:
+        values["synth"] = from_dict(SynthConfig, load_json(args.synth), where=str(args.synth))
+    return from_dict(RunSpec, values, where="run spec")
+
+
+def _when(t: float | None) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _progress_text(job: Job) -> str:
+    if job.state == "queued":
+        return f"#{job.queue_position} in queue" if job.queue_position else "queued"
+    if job.iteration and job.total_iterations:
+        return f"{job.iteration}/{job.total_iterations}"
+    return "-"
+
+
+def _job_dict(job: Job) -> dict[str, Any]:
+    out = {k: v for k, v in vars(job).items()}
+    out["run_dir"] = str(job.run_dir)
+    return out
+
+
+# ---- handlers ---------------------------------------------------------------------------------------------------
+
+
+def submit(args: argparse.Namespace) -> int:
+    if args.iterations is None and args.minutes is None:
+        raise ConfigError("give a budget: --iterations N or --minutes M")
+    store = _store(args)
+    job_id = store.submit(build_spec(args), project=args.project)
+    job = store.get(job_id)
+    print(job_id)
+    if args.follow:
+        return _follow(store, job_id)
+    print(f"{job.state} on {job.device_slot}; run folder {job.run_dir}", flush=True)
+    print(f"follow with: python -m recon_core jobs show {job_id} --follow")
+    return 0
+
+
+def list_cmd(args: argparse.Namespace) -> int:
+    jobs = _store(args).list_jobs(project=args.project)
+    if args.json:
+        print(json.dumps([_job_dict(j) for j in jobs], indent=2, default=str))
+        return 0
+    if not jobs:
+        print("no jobs")
+        return 0
+    header = f"{'ID':<23} {'PROJECT':<12} {'STATE':<11} {'MODEL':<11} {'PROGRESS':<14} {'CREATED':<19} DATA"
+    print(header)
+    for j in jobs:
+        print(
+            f"{j.id:<23} {j.project[:12]:<12} {j.state:<11} {j.model[:11]:<11} {_progress_text(j):<14} "
+            f"{_when(j.created_at):<19} {j.data}"
+        )
+    return 0
+
+
+def _print_job(job: Job) -> None:
+    rows = [
+        ("job", job.id),
+        ("state", job.state + (" (cancel requested)" if job.cancel_requested and job.state == "running" else "")),
+        ("project", job.project),
+        ("model", f"{job.model}" + (f" (preset {job.spec['preset']})" if job.spec.get("preset") else "")),
+        ("data", job.data),
+        ("device", job.device_slot),
+        (
+            "budget",
+            f"{job.spec.get('iterations')} iterations"
+            if job.spec.get("iterations")
+            else f"{job.spec.get('minutes')} minutes",
+        ),
+        ("created", _when(job.created_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+        ("progress", _progress_text(job) + (f"  stage {job.stage}" if job.stage else "")),
+    ]
+    if job.losses:
+        rows.append(("losses", "  ".join(f"{k} {v:.4g}" for k, v in job.losses.items())))
+    if job.images_per_s is not None and job.state == "running":
+        rows.append(("speed", f"{job.images_per_s:.1f} images/s, ETA {_duration(job.eta_s)}"))
+    if job.pid and job.state == "running":
+        rows.append(("worker", f"pid {job.pid} on {job.host}"))
+    if job.error:
+        rows.append(("error" if job.state == "failed" else "reason", job.error))
+    rows.append(("run folder", str(job.run_dir)))
+    if job.result:
+        for key, value in job.result.items():
+            rows.append((key, json.dumps(value) if isinstance(value, dict) else str(value)))
+    for key, value in rows:
+        print(f"{key:<11} {value}")
+
+
+def _follow(store: JobStore, job_id: str) -> int:
+    """A tqdm bar until the job ends; Ctrl-C stops following, not the job."""
+    from tqdm import tqdm
+
+    bar = None
+    last_state = None
+    try:
+        while True:
+            job = store.get(job_id)
+            if job.state != last_state:
+                if bar is not None:
+                    bar.clear()
+                print(
+                    f"{job_id}: {job.state}" + (f" ({_progress_text(job)})" if job.state == "queued" else ""),
+                    flush=True,
+                )
+                last_state = job.state
+            if job.total_iterations and bar is None:
+                bar = tqdm(total=job.total_iterations, unit="it", dynamic_ncols=True, desc=job.stage or "train")
+            if bar is not None and job.iteration is not None:
+                if job.total_iterations and bar.total != job.total_iterations:
+                    bar.total = job.total_iterations
+                bar.n = job.iteration
+                if job.stage:
+                    bar.set_description(job.stage, refresh=False)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(job.losses.items())[:3]}, refresh=False)
+                bar.refresh()
+            if not job.is_active:
+                break
+            time.sleep(FOLLOW_POLL_S)
+            store.reconcile()  # a follower also notices a dead worker
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running (jobs cancel {job_id} to stop it)")
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{job_id}: {job.state}" + (f": {job.error}" if job.error else ""))
+    return 0 if job.state == "succeeded" else 1
+
+
+def show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.follow:
+        return _follow(store, args.job_id)
+    job = store.get(args.job_id)
+    if args.json:
+        print(json.dumps(_job_dict(job), indent=2, default=str))
+    else:
+        _print_job(job)
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    store = _store(args)
+    job = store.cancel(args.job_id)
+    if job.state == "running":
+        print(f"{job.id}: cancel requested; it stops after the current iteration and keeps its last checkpoint")
+        if args.wait:
+            deadline = time.time() + args.wait
+            while job.state == "running" and time.time() < deadline:
+                time.sleep(FOLLOW_POLL_S)
+                store.reconcile()
+                job = store.get(args.job_id)
+    print(f"{job.id}: {job.state}")
+    return 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    job = _store(args).resume(args.job_id)
+    print(f"{job.id}: {job.state} (continues from its last checkpoint)")
+    return 0
+
+
+def logs(args: argparse.Namespace) -> int:
+    print(_store(args).logs(args.job_id, tail=args.tail))
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    _store(args).delete(args.job_id)
+    print(f"{args.job_id}: deleted (with its run folder)")
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    return run_worker(args.workspace or default_workspace(), args.job)
+
+
+# ---- parser -----------------------------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("jobs", help="background training jobs (submit, list, show, cancel, resume)")
+    parser.set_defaults(handler=lambda _args: parser.print_help() or 2)
+    sub = parser.add_subparsers(dest="jobs_command", metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", default=None, help="workspace folder (default: $RECON_WORKSPACE or ./workspace)")
+
+    p = sub.add_parser("submit", parents=[common], help="queue a training run in the background; prints its id")
+    p.add_argument("path", help="training data: an MVTec-layout folder or a folder of good images")
+    p.add_argument("--model", default="draem", help="draem, dsr, autoencoder, ganomaly, aae (default draem)")
+    p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
+    p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--iterations", type=int, default=None, help="training iterations")
+    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget in minutes")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
+    p.add_argument("--name", default=None, help="a label for the run")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
+    p.add_argument("--synth", default=None, metavar="JSON", help="defect generator settings (SynthConfig JSON)")
+    p.add_argument("--project", default=None, help="project name (run folder <workspace>/<project>/runs/<id>)")
+    p.add_argument("--follow", action="store_true", help="show a progress bar until the job ends")
+    p.set_defaults(handler=submit)
+
+    p = sub.add_parser("list", parents=[common], help="all jobs, newest first")
+    p.add_argument("--project", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=list_cmd)
+
+    p = sub.add_parser("show", parents=[common], help="one job's state, progress and result")
+    p.add_argument("job_id")
+    p.add_argument("--follow", action="store_true", help="progress bar until the job ends (Ctrl-C stops following)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=show)
+
+    p = sub.add_parser("cancel", parents=[common], help="stop a job (keeps its last checkpoint)")
+    p.add_argument("job_id")
+    p.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds until it has stopped")
+    p.set_defaults(handler=cancel)
+
+    p = sub.add_parser("resume", parents=[common], help="continue an interrupted, cancelled or failed job")
+    p.add_argument("job_id")
+    p.set_defaults(handler=resume)
+
+    p = sub.add_parser("logs", parents=[common], help="a job's log")
+    p.add_argument("job_id")
+    p.add_argument("--tail", type=int, default=None, metavar="N", help="only the last N lines")
+    p.set_defaults(handler=logs)
+
+    p = sub.add_parser("delete", parents=[common], help="forget a job and delete its run folder")
+    p.add_argument("job_id")
+    p.set_defaults(handler=delete)
+
+    # Hidden: what a worker process runs (no help= so it is not listed).
+    p = sub.add_parser("worker", parents=[common])
+    p.add_argument("--job", required=True)
+    p.set_defaults(handler=worker)
