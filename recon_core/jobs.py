@@ -72,6 +72,7 @@ HEARTBEAT_S = 2.0  # worker -> DB heartbeat period
 CANCEL_POLL_S = 0.5  # worker reads cancel_requested this often (cancel latency ~ this + one iteration)
 PROGRESS_MIN_INTERVAL_S = 0.5  # at most 2 progress writes per second per job
 STALE_HEARTBEAT_S = 600.0  # a live worker silent this long is considered hung (and killed)
+RECONCILE_EVERY_S = 2.0  # get() re-checks workers at most this often
 LAUNCH_GRACE_S = 60.0  # a claimed job whose worker never reported its pid within this is interrupted
 LOG_FILE = "worker.log"
 CHECKPOINT_FILE = "checkpoint.pt"  # execute_run's checkpoint inside run_dir (contract)
@@ -323,6 +324,7 @@ class JobStore:
         self.db_path = self.workspace / DB_NAME
         self.autostart = autostart
         self._local = threading.local()
+        self._last_reconcile = 0.0
         self._init_schema()
         if per_device_limit is not None:
             self.set_per_device_limit(per_device_limit)
@@ -429,7 +431,10 @@ class JobStore:
         return positions
 
     def get(self, job_id: str) -> Job:
-        """The job's current state; ReconError if there is no such job."""
+        """The job's current state; ReconError if there is no such job. Notices dead workers (at most every 2 s), so
+        a page that only polls `get` never shows a dead job as running."""
+        if time.monotonic() - self._last_reconcile > RECONCILE_EVERY_S:
+            self.reconcile()
         row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             raise ReconError(f"no job {job_id!r} in {self.db_path}")
@@ -537,6 +542,7 @@ class JobStore:
     def cancel(self, job_id: str) -> Job:
         """Stop a job. Queued (or interrupted) jobs become `cancelled` at once; a running job is asked to stop and
         becomes `cancelled` within a few seconds, after its worker has written a checkpoint (resume continues)."""
+        self._mark_dead()  # a dead worker's job is interrupted, and cancelling that is immediate
         with self._write() as c:
             row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
@@ -580,6 +586,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Forget a job and delete its run folder (checkpoints, model). Running jobs must be cancelled first."""
+        self._mark_dead()
         job = self.get(job_id)
         with self._write() as c:
             state = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()["state"]
@@ -602,6 +609,7 @@ class JobStore:
         return changed
 
     def _mark_dead(self) -> list[str]:
+        self._last_reconcile = time.monotonic()
         _reap_children()
         now = time.time()
         here = socket.gethostname()
@@ -656,7 +664,9 @@ class JobStore:
 
     def kick(self) -> list[str]:
         """Start a worker for each queued job that may run now (FIFO per device, within the limit)."""
-        started = []
+        started: list[str] = []
+        if self._conn().execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() is None:
+            return started  # the common case, without taking the write lock
         while True:
             job_id = self.claim_next()
             if job_id is None:
@@ -904,6 +914,8 @@ class _Worker:
             )
             spec = _load_spec(job.spec)
             runner = _runner()
+            if self._cancel_requested():  # cancelled while the worker was starting
+                raise TrainingCancelled("cancelled before training started")
             result = runner(spec, run_dir, progress=self.progress, should_stop=self.stop.is_set, resume=resume)
         except TrainingCancelled as exc:
             self.finish("cancelled", str(exc) or "cancelled; last checkpoint kept")
