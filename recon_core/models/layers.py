@@ -6,7 +6,7 @@ the exact size of the matching encoder feature, not by a fixed factor of 2).
 - `make_norm`, `ConvNormAct`, `DoubleConv`: 3x3 conv -> norm -> ReLU, twice (DRAEM's block).
 - `Encoder`: double-conv blocks with 2x2 max-pooling between them; returns every block's output (for skips).
 - `Decoder`: mirrored, bilinear upsampling + conv, then a double conv; with or without skip connections.
-- `UNet`: Encoder + Decoder + 1x1 head. `skips=False` gives DRAEM's reconstructive network (a plain
+- `UNet`: Encoder + Decoder + 3x3 head. `skips=False` gives DRAEM's reconstructive network (a plain
   encoder-decoder, so defects cannot be copied through), `skips=True` its discriminative network.
 - `SSPCAB`: self-supervised predictive convolutional attentive block (Ristea et al. 2022).
 - Losses: `ssim_map` / `ssim_loss` (Gaussian window 11, sigma 1.5), `focal_loss` (multi-class on logits or
@@ -60,14 +60,15 @@ class ConvNormAct(nn.Sequential):
 
 
 class DoubleConv(nn.Sequential):
-    """Two ConvNormAct in a row: DRAEM's encoder/decoder block."""
+    """Two ConvNormAct in a row (in -> mid -> out, mid defaults to out): DRAEM's encoder/decoder block."""
 
-    def __init__(self, in_ch: int, out_ch: int, norm: str = "batch") -> None:
-        super().__init__(ConvNormAct(in_ch, out_ch, norm), ConvNormAct(out_ch, out_ch, norm))
+    def __init__(self, in_ch: int, out_ch: int, norm: str = "batch", mid_ch: int | None = None) -> None:
+        mid_ch = mid_ch or out_ch
+        super().__init__(ConvNormAct(in_ch, mid_ch, norm), ConvNormAct(mid_ch, out_ch, norm))
 
 
-def double_conv(in_ch: int, out_ch: int, norm: str = "batch") -> DoubleConv:
-    return DoubleConv(in_ch, out_ch, norm)
+def double_conv(in_ch: int, out_ch: int, norm: str = "batch", mid_ch: int | None = None) -> DoubleConv:
+    return DoubleConv(in_ch, out_ch, norm, mid_ch)
 
 
 def draem_widths(base: int, depth: int, cap: int = 8) -> list[int]:
@@ -174,12 +175,26 @@ class Encoder(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Bilinear upsampling to the target size -> ConvNormAct -> (concat skip) -> DoubleConv."""
+    """Bilinear upsampling to the target size -> ConvNormAct (in -> up_ch) -> (concat skip) -> DoubleConv (-> out).
 
-    def __init__(self, in_ch: int, out_ch: int, skip_ch: int = 0, norm: str = "batch") -> None:
+    up_ch defaults to out_ch (U-Net style, DRAEM's discriminative decoder). DRAEM's reconstructive decoder keeps
+    the width through the upsampling conv and the first conv of the double conv (up_ch = mid_ch = in_ch) and
+    narrows only in the last conv.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        skip_ch: int = 0,
+        norm: str = "batch",
+        up_ch: int | None = None,
+        mid_ch: int | None = None,
+    ) -> None:
         super().__init__()
-        self.up_conv = ConvNormAct(in_ch, out_ch, norm)
-        self.block = DoubleConv(out_ch + skip_ch, out_ch, norm)
+        up_ch = up_ch or out_ch
+        self.up_conv = ConvNormAct(in_ch, up_ch, norm)
+        self.block = DoubleConv(up_ch + skip_ch, out_ch, norm, mid_ch)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up_conv(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
@@ -188,18 +203,44 @@ class UpBlock(nn.Module):
         return self.block(x)
 
 
-class Decoder(nn.Module):
-    """Mirror of an Encoder with widths `enc_widths`: one UpBlock per pooling, ending at enc_widths[0]."""
+def draem_decoder_widths(enc_widths: Sequence[int]) -> list[int]:
+    """Output width per decoder level k (k = 0 is full resolution) in the official DRAEM networks: the width of
+    encoder level k - 1 (so w, w, 2w, 4w, 8w for an encoder w, 2w, 4w, 8w, 8w, 8w)."""
+    return [enc_widths[max(0, k - 1)] for k in range(len(enc_widths) - 1)]
 
-    def __init__(self, enc_widths: Sequence[int], skips: bool = True, norm: str = "batch") -> None:
+
+class Decoder(nn.Module):
+    """Decoder for an Encoder with widths `enc_widths`: one UpBlock per pooling, deepest first.
+
+    widths[k] = output width at level k (default `draem_decoder_widths`). With skips, level k concatenates the
+    encoder feature of level k (DRAEM's discriminative decoder); without, each level keeps its input width until
+    the last conv (DRAEM's reconstructive decoder). Both reproduce the official parameter counts (69M at w = 128,
+    28M at w = 64). `out_width` = widths[0].
+    """
+
+    def __init__(
+        self,
+        enc_widths: Sequence[int],
+        skips: bool = True,
+        norm: str = "batch",
+        widths: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         enc_widths = list(enc_widths)
+        dec = list(widths) if widths is not None else draem_decoder_widths(enc_widths)
+        if len(dec) != len(enc_widths) - 1:
+            raise ConfigError(f"decoder widths: expected {len(enc_widths) - 1} values, got {len(dec)}")
         self.skips = skips
         ups = []
-        for i in range(len(enc_widths) - 1, 0, -1):
-            out_ch = enc_widths[i - 1]
-            ups.append(UpBlock(enc_widths[i], out_ch, out_ch if skips else 0, norm))
+        prev = enc_widths[-1]
+        for k in range(len(enc_widths) - 2, -1, -1):
+            if skips:
+                ups.append(UpBlock(prev, dec[k], enc_widths[k], norm))
+            else:
+                ups.append(UpBlock(prev, dec[k], 0, norm, up_ch=prev, mid_ch=prev))
+            prev = dec[k]
         self.ups = nn.ModuleList(ups)
+        self.out_width = prev
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
@@ -212,7 +253,7 @@ class Decoder(nn.Module):
 class UNet(nn.Module):
     """Configurable encoder-decoder. skips=False: reconstructive (no shortcut for defects); skips=True: U-Net.
 
-    Output = 1x1 conv head with `out_ch` channels, no activation (logits / raw image; the caller decides).
+    Output = 3x3 conv head with `out_ch` channels (as in DRAEM), no activation (logits / raw image).
     """
 
     def __init__(
@@ -224,11 +265,12 @@ class UNet(nn.Module):
         skips: bool = True,
         norm: str = "batch",
         sspcab: bool = False,
+        decoder_widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = Encoder(in_ch, widths, norm, sspcab)
-        self.decoder = Decoder(self.encoder.widths, skips, norm)
-        self.head = nn.Conv2d(self.encoder.widths[0], out_ch, 1)
+        self.decoder = Decoder(self.encoder.widths, skips, norm, decoder_widths)
+        self.head = nn.Conv2d(self.decoder.out_width, out_ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.decoder(self.encoder(x)))
@@ -342,6 +384,7 @@ __all__ = [
     "UpBlock",
     "binary_focal_loss",
     "double_conv",
+    "draem_decoder_widths",
     "draem_widths",
     "focal_loss",
     "make_norm",
