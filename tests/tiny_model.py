@@ -89,7 +89,7 @@ class TinyModel(AnomalyModel):
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
-        return {"mse": float(loss), "total": float(loss)}
+        return {"mse": float(loss.detach()), "total": float(loss.detach())}
 
     def _step2(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
         self.lr_trace.append(("head", self.opt2.param_groups[0]["lr"]))
@@ -98,7 +98,7 @@ class TinyModel(AnomalyModel):
         self.opt2.zero_grad()
         loss.backward()
         self.opt2.step()
-        return {"head": float(loss), "total": float(loss)}
+        return {"head": float(loss.detach()), "total": float(loss.detach())}
 
     def stages(self) -> list[TrainingStage]:
         out = [TrainingStage("main", 3.0 if self.cfg.two_stages else 1.0, self._step, [self.opt])]

@@ -1,0 +1,327 @@
+"""One training run from a spec, end to end: data -> model -> fit -> bundle -> evaluation -> heatmaps. Used by
+the CLI `train`, by job workers and by the benchmark, so all of them produce the same run folder:
+
+    run_dir/spec.json      the RunSpec
+    run_dir/data.json      chosen training files (few-shot sample), unusable files, test split summary
+    run_dir/checkpoint.pt  resumable checkpoint (bundle + optimizer / rng state)
+    run_dir/model.pt       the trained bundle (with a default threshold, see below)
+    run_dir/losses.csv     loss log (long format)
+    run_dir/eval.npz/.json the evaluation (scores, maps, labels) for the Evaluate/Threshold pages
+    run_dir/metrics.json   headline metrics + run facts (iterations, seconds, device, synthetic or real test)
+    run_dir/heatmaps/*.png image | heatmap overlay | mask
+    run_dir/run.log        the run's log
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recon_core.config import from_dict, save_json, to_dict
+from recon_core.errors import ConfigError, DataError, ReconError
+from recon_core.synth import SynthConfig
+
+log = logging.getLogger(__name__)
+
+MAX_HEATMAPS = 6
+HOLDOUT_MIN_TRAIN = 10  # a plain folder with at least this many images gives 20 % to the synthetic evaluation
+HOLDOUT_SHARE = 0.2
+
+
+@dataclass
+class RunSpec:
+    data: str
+    model: str = "draem"
+    preset: str | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    shots: int | None = None
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    iterations: int | None = None
+    minutes: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    init_from: str | None = None
+    checkpoint_every: int = 50
+    name: str | None = None
+    labelled_defects: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        return from_dict(cls, data, where="run spec")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"run spec: not valid JSON ({exc})") from exc
+
+
+@dataclass
+class RunResult:
+    bundle_path: str
+    metrics: dict[str, Any]
+
+
+def shared_data_root() -> Path:
+    return Path(os.environ.get("RECON_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def resolve_data_path(data: str) -> Path:
+    """A folder path, or a category under the shared data folder: 'mvtec_ad/bottle' or just 'bottle'."""
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return path
+    root = shared_data_root()
+    if not path.is_absolute() and root.is_dir():
+        if (root / data).is_dir():
+            return root / data
+        matches = sorted(p for p in root.glob(f"*/{data}") if p.is_dir()) if os.sep not in data else []
+        if len(matches) == 1:
+            return matches[0]
+    raise DataError(f"{data}: no such folder (and no MVTec category of that name in {shared_data_root()})")
+
+
+def budget_for(spec: RunSpec, model_cls: Any, preset: str) -> Any:
+    from recon_core.models.base import Budget
+
+    if spec.iterations is not None or spec.minutes is not None:
+        if spec.iterations is not None and spec.minutes is not None:
+            raise ConfigError("run spec: give iterations or minutes, not both")
+        return Budget(iterations=spec.iterations, minutes=spec.minutes)
+    suggested = getattr(model_cls, "preset_budgets", {}).get(preset)
+    if not suggested:
+        raise ConfigError(f"run spec: give iterations or minutes (model {spec.model!r} suggests no budget)")
+    return Budget(**{k: (int(v) if k == "iterations" else float(v)) for k, v in suggested.items()})
+
+
+def _take_labelled(test: Any, count: int, seed: int) -> tuple[Any, np.ndarray, np.ndarray | None, list[str]]:
+    """Remove `count` seeded defect images from the test set -> (remaining test, images, masks, paths)."""
+    from recon_core.images import TestSet
+
+    if test is None:
+        raise DataError("labelled_defects: the data has no test split with defect images to take them from")
+    defect_idx = np.flatnonzero(np.asarray(test.labels) == 1)
+    if len(defect_idx) < count:
+        raise DataError(f"labelled_defects: asked for {count} defect images, the test split has {len(defect_idx)}")
+    chosen = np.sort(np.random.default_rng(seed).choice(defect_idx, size=count, replace=False))
+    keep = np.setdiff1d(np.arange(len(test)), chosen)
+    rest = TestSet(
+        images=test.images[keep],
+        labels=np.asarray(test.labels)[keep],
+        masks=test.masks[keep],
+        has_masks=test.has_masks,
+        paths=[test.paths[i] for i in keep],
+        defect_types=[test.defect_types[i] for i in keep],
+        problems=list(test.problems),
+    )
+    masks = test.masks[chosen] if test.has_masks else None
+    return rest, test.images[chosen], masks, [test.paths[i] for i in chosen]
+
+
+def _holdout(train: Any, seed: int) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    """Split a plain folder's images into (train images, paths, held-out images, paths) for evaluation."""
+    n = len(train.paths)
+    if n < HOLDOUT_MIN_TRAIN:
+        return train.images, list(train.paths), train.images, list(train.paths)
+    k = max(2, round(n * HOLDOUT_SHARE))
+    held = np.sort(np.random.default_rng(seed + 1).choice(n, size=k, replace=False))
+    keep = np.setdiff1d(np.arange(n), held)
+    return (
+        train.images[keep],
+        [train.paths[i] for i in keep],
+        train.images[held],
+        [train.paths[i] for i in held],
+    )
+
+
+def _attach_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger("recon_core")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def write_heatmaps(result: Any, out_dir: Path, limit: int = MAX_HEATMAPS) -> list[str]:
+    """A few panels: the highest-scoring defects, the highest-scoring goods (likely false alarms), a typical good."""
+    from recon_core.inference import panel, save_png
+
+    if result.images is None or len(result.scores) == 0:
+        return []
+    order = np.argsort(-result.scores)
+    defects = [i for i in order if result.labels[i] == 1][: max(1, limit - 2)]
+    goods = [i for i in order if result.labels[i] == 0]
+    picks = defects + goods[:1] + goods[len(goods) // 2 : len(goods) // 2 + 1]
+    written = []
+    for rank, i in enumerate(dict.fromkeys(picks)):
+        if rank >= limit:
+            break
+        kind = "defect" if result.labels[i] == 1 else "good"
+        mask = result.masks[i] if result.has_masks else None
+        name = f"{rank:02d}_{kind}_{result.defect_types[i]}_{result.scores[i]:.4g}.png".replace("/", "_")
+        save_png(out_dir / name, panel(result.images[i], result.maps[i], mask))
+        written.append(name)
+    return written
+
+
+def _default_threshold(result: Any) -> Any:
+    """F1-optimal threshold on the evaluation (real or synthetic), so predict gives verdicts right away; the
+    Threshold page / `threshold` command replace it."""
+    from recon_core.metrics import threshold_f1
+
+    try:
+        thr = threshold_f1(result.labels, result.scores)
+    except ReconError:
+        return None
+    thr.params = {**thr.params, "synthetic": bool(result.synthetic), "default": True}
+    return thr
+
+
+def execute_run(
+    spec: RunSpec,
+    run_dir: str | Path,
+    *,
+    progress: Any = None,
+    should_stop: Any = None,
+    resume: bool = False,
+) -> RunResult:
+    from recon_core import bundle as bundle_mod
+    from recon_core.device import configure_cpu_threads, describe_device, resolve_device
+    from recon_core.evaluation import evaluate_bundle, save_eval, synthetic_test_set
+    from recon_core.images import load_dataset
+    from recon_core.models import get_model_class
+    from recon_core.train import fit
+
+    if not isinstance(spec, RunSpec):
+        raise ConfigError(f"execute_run: expected a RunSpec, got {type(spec).__name__}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _attach_log(run_dir)
+    try:
+        started = time.time()
+        save_json(run_dir / "spec.json", spec)
+        cls = get_model_class(spec.model)
+        preset = spec.preset or cls.default_preset
+        config = cls.config_from_preset(preset, **spec.model_overrides)
+        budget = budget_for(spec, cls, preset)
+        if spec.labelled_defects < 0:
+            raise ConfigError("run spec: labelled_defects must be >= 0")
+        device = resolve_device(spec.device)
+        if device.type == "cpu":
+            configure_cpu_threads()
+        data_path = resolve_data_path(spec.data)
+        log.info("run %s: model %s preset %s on %s, data %s", run_dir.name, spec.model, preset, device, data_path)
+
+        dataset = load_dataset(data_path, config.image_size, shots=spec.shots, seed=spec.seed)
+        test = dataset.test
+        train_images, train_paths = dataset.train.images, list(dataset.train.paths)
+        labelled_paths: list[str] = []
+        model = cls(config, device)
+        if spec.labelled_defects:
+            test, l_images, l_masks, labelled_paths = _take_labelled(test, spec.labelled_defects, spec.seed)
+            model.set_labelled_defects(l_images, l_masks)
+        held_images, held_paths = None, []
+        if test is None:
+            train_images, train_paths, held_images, held_paths = _holdout(dataset.train, spec.seed)
+        save_json(
+            run_dir / "data.json",
+            {
+                "root": str(data_path),
+                "train": train_paths,
+                "held_out_goods": held_paths if held_paths != train_paths else [],
+                "evaluation_goods_seen_in_training": test is None and held_paths == train_paths,
+                "labelled_defects": labelled_paths,
+                "problems": [dataclasses.asdict(p) for p in dataset.train.problems]
+                + ([dataclasses.asdict(p) for p in dataset.test.problems] if dataset.test is not None else []),
+                "test": None
+                if test is None
+                else {"n": len(test), "n_defect": int(np.sum(test.labels == 1)), "has_masks": bool(test.has_masks)},
+            },
+        )
+        if spec.init_from:
+            warm = bundle_mod.load_bundle(spec.init_from, device, expected_model=spec.model)
+            if warm.model.config_dict() != model.config_dict():
+                log.warning("init_from: %s has another configuration; loading its weights anyway", spec.init_from)
+            try:
+                model.load_state_dict(warm.model.state_dict())
+            except Exception as exc:
+                raise ConfigError(f"init_from {spec.init_from}: weights do not fit this configuration ({exc})") from exc
+            log.info("warm start from %s", spec.init_from)
+
+        summary = fit(
+            model,
+            train_images,
+            spec.synth,
+            budget,
+            seed=spec.seed,
+            progress=progress,
+            should_stop=should_stop,
+            checkpoint_path=run_dir / "checkpoint.pt",
+            checkpoint_every=spec.checkpoint_every,
+            resume=resume,
+            loss_log_path=run_dir / "losses.csv",
+        )
+        model.synth_config = spec.synth
+        loaded = bundle_mod.LoadedBundle(model, spec.synth, None, {}, None, str(run_dir / "model.pt"))
+        eval_set = test
+        if test is None:  # a plain folder: held-out goods + synthetic defects
+            eval_set = synthetic_test_set(held_images, held_paths, spec.synth, config.image_size)
+        result = evaluate_bundle(loaded, eval_set)
+        save_eval(result, run_dir / "eval")
+        threshold = _default_threshold(result)
+        metadata = {
+            "data": str(data_path),
+            "shots": spec.shots,
+            "n_train": len(train_images),
+            "seed": spec.seed,
+            "preset": preset,
+            "device": describe_device(device),
+            "iterations": summary.iterations,
+            "train_seconds": round(summary.seconds, 2),
+            "run": spec.name or run_dir.name,
+            "init_from": spec.init_from,
+        }
+        bundle_path = run_dir / "model.pt"
+        bundle_mod.save_bundle(bundle_path, model, synth_config=spec.synth, threshold=threshold, metadata=metadata)
+        metrics = {
+            **result.metrics,
+            "model": spec.model,
+            "preset": preset,
+            "iterations": summary.iterations,
+            "total_iterations": summary.total_iterations,
+            "stopped_by_time": summary.stopped_by_time,
+            "train_seconds": round(summary.seconds, 2),
+            "final_losses": summary.final_losses,
+            "n_train": len(train_images),
+            "device": describe_device(device),
+            "threshold": None if threshold is None else to_dict(threshold),
+            "wall_seconds": round(time.time() - started, 2),
+        }
+        save_json(run_dir / "metrics.json", metrics)
+        write_heatmaps(result, run_dir / "heatmaps")
+        log.info("run finished: %s", {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "iterations")})
+        return RunResult(str(bundle_path), metrics)
+    except ReconError as exc:
+        log.error("run failed: %s", exc)
+        raise
+    finally:
+        logging.getLogger("recon_core").removeHandler(handler)
+        handler.close()
