@@ -137,6 +137,11 @@ class AnomalyModel(ABC):
     def predict(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
         """Score (N, H, W, 3) float32 images in [0, 1] at config.image_size."""
 
+    def onnx_module(self) -> nn.Module:
+        """Optional, for ONNX export: the scoring path as one nn.Module in eval mode taking (B, 3, H, W) float in
+        [0, 1] (RGB, no normalisation) and returning (image_scores (B,), anomaly_maps (B, H, W))."""
+        raise ConfigError(f"model {self.name!r}: export not supported (it has no ONNX scoring module)")
+
     # ---- persistence -------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         """Non-network state needed for scoring (tensors, numbers, strings, lists, dicts only)."""
