@@ -212,3 +212,15 @@ def test_autoencoder_options() -> None:
     assert map_scores(maps, "topk", 0.1)[0] == pytest.approx(0.1)  # 10 pixels, one of them 1
     blurred = gaussian_blur(maps, 1.0)
     assert blurred[0].sum() == pytest.approx(1.0, rel=1e-4) and blurred[0].max() < 1.0
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_onnx_module_matches_predict(name: str, trained: dict, test_set: tuple) -> None:
+    model = trained[name]
+    images = test_set[0][:6]
+    pred = model.predict(images)
+    module = model.onnx_module().eval()
+    with torch.no_grad():
+        scores, maps = module(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    np.testing.assert_allclose(scores.numpy(), pred.image_scores, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(maps.numpy(), pred.maps, rtol=1e-4, atol=1e-6)

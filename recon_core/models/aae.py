@@ -113,16 +113,21 @@ class AAEDecoder(nn.Module):
 
 
 class LatentDiscriminator(nn.Module):
+    """MLP on z. Each sample also sees its batch's per-dimension standard deviation ("minibatch std", Karras et
+    al. 2018): without it, on a few dozen images the encoder escapes D by collapsing every latent onto one moving
+    point (D loss stuck at ln 2, latent spread ~0.01) instead of spreading them like N(0, I)."""
+
     def __init__(self, cfg: AAEConfig) -> None:
         super().__init__()
         h = cfg.disc_hidden
         self.net = nn.Sequential(
-            nn.Linear(cfg.latent_dim, h), nn.LeakyReLU(0.2, True), nn.Linear(h, h), nn.LeakyReLU(0.2, True)
+            nn.Linear(2 * cfg.latent_dim, h), nn.LeakyReLU(0.2, True), nn.Linear(h, h), nn.LeakyReLU(0.2, True)
         )
         self.out = nn.Linear(h, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.out(self.net(z)).flatten()
+        spread = z.std(dim=0, keepdim=True) if len(z) > 1 else torch.ones_like(z)
+        return self.out(self.net(torch.cat([z, spread.expand_as(z)], dim=1))).flatten()
 
 
 def hotelling_t2(z: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -279,6 +284,10 @@ class AdversarialAutoEncoder(AnomalyModel):
             maps=torch.cat(maps).numpy().astype(np.float32),
         )
 
+    def onnx_module(self) -> nn.Module:
+        """(B, 3, H, W) -> (Hotelling's T² (B,), maps (B, H, W)); for ONNX export."""
+        return _AAEScorer(self)
+
     # ---- persistence -------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         return {
@@ -293,3 +302,18 @@ class AdversarialAutoEncoder(AnomalyModel):
             self.latent_cov = torch.as_tensor(state["latent_cov"]).double().numpy()
             self.latent_precision = np.linalg.inv(self.latent_cov)
         self.n_labelled_used = int(state.get("n_labelled_used", 0))
+
+
+class _AAEScorer(nn.Module):
+    def __init__(self, model: AdversarialAutoEncoder) -> None:
+        super().__init__()
+        self.encoder, self.decoder = model.encoder, model.decoder
+        self.sigma = model.cfg.map_sigma
+        self.register_buffer("mean", torch.as_tensor(model.latent_mean, dtype=torch.float32))
+        self.register_buffer("precision", torch.as_tensor(model.latent_precision, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(x)
+        d = z - self.mean
+        t2 = ((d @ self.precision) * d).sum(dim=1)
+        return t2, gaussian_blur(((self.decoder(z) - x) ** 2).mean(dim=1), self.sigma)

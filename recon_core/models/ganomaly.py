@@ -216,6 +216,10 @@ class Ganomaly(AnomalyModel):
         raw, maps = self._raw(images, batch_size)
         return Prediction(image_scores=((raw - self.score_mean) / self.score_std).astype(np.float32), maps=maps)
 
+    def onnx_module(self) -> nn.Module:
+        """(B, 3, H, W) -> (standardised scores (B,), maps (B, H, W)); for ONNX export."""
+        return _GanomalyScorer(self)
+
     # ---- persistence -------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         return {"score_mean": self.score_mean, "score_std": self.score_std, "d_reinits": self.d_reinits}
@@ -224,3 +228,17 @@ class Ganomaly(AnomalyModel):
         self.score_mean = float(state.get("score_mean", 0.0))
         self.score_std = float(state.get("score_std", 1.0))
         self.d_reinits = int(state.get("d_reinits", 0))
+
+
+class _GanomalyScorer(nn.Module):
+    def __init__(self, model: Ganomaly) -> None:
+        super().__init__()
+        self.generator = model.generator
+        self.sigma = model.cfg.map_sigma
+        self.register_buffer("mean", torch.tensor(model.score_mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(model.score_std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, x_hat, z_hat = self.generator(x)
+        raw = (z - z_hat).flatten(1).norm(dim=1)
+        return (raw - self.mean) / self.std, gaussian_blur(((x_hat - x) ** 2).mean(dim=1), self.sigma)
