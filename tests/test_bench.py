@@ -1,0 +1,170 @@
+"""Benchmark runner: result files, append mode, summaries, failures; a real tiny run when the run pipeline exists."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from recon_core import bench
+from recon_core.cli import main as cli_main
+from recon_core.errors import ConfigError
+from recon_core.models.draem import Draem
+
+TINY = {"image_size": 32, "recon_width": 4, "disc_width": 4, "recon_depth": 3, "disc_depth": 3, "batch_size": 4}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    yield
+    torch.set_num_threads(old)
+
+
+def make_mvtec(root: Path, n_train: int = 6, n_good: int = 3, n_bad: int = 3, size: int = 40) -> Path:
+    """A tiny MVTec-layout data set: grey images with noise; defects are bright squares with masks."""
+    rng = np.random.default_rng(0)
+
+    def image() -> np.ndarray:
+        return np.clip(120 + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+
+    for i in range(n_train):
+        (root / "train" / "good").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "train" / "good" / f"{i:03d}.png"), image())
+    for i in range(n_good):
+        (root / "test" / "good").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "test" / "good" / f"{i:03d}.png"), image())
+    for i in range(n_bad):
+        (root / "test" / "spot").mkdir(parents=True, exist_ok=True)
+        (root / "ground_truth" / "spot").mkdir(parents=True, exist_ok=True)
+        img, mask = image(), np.zeros((size, size), np.uint8)
+        y, x = rng.integers(4, size - 14, 2)
+        img[y : y + 10, x : x + 10] = 250
+        mask[y : y + 10, x : x + 10] = 255
+        cv2.imwrite(str(root / "test" / "spot" / f"{i:03d}.png"), img)
+        cv2.imwrite(str(root / "ground_truth" / "spot" / f"{i:03d}_mask.png"), mask)
+    return root
+
+
+@dataclass
+class FakeSpec:
+    data: str
+    model: str = "draem"
+    preset: str | None = None
+    model_overrides: dict | None = None
+    shots: int | None = None
+    synth: object = None
+    iterations: int | None = None
+    minutes: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    name: str | None = None
+
+
+def fake_api(calls: list, fail_on: str | None = None):
+    """Stands in for runs/bundle: 'trains' by reporting progress, returns seed-dependent metrics."""
+
+    def execute(spec, run_dir, progress=None):
+        calls.append(spec)
+        if fail_on and fail_on in spec.data:
+            raise RuntimeError("boom")
+        progress(SimpleNamespace(iteration=10, elapsed_s=2.0, images_per_s=40.0))
+        metrics = {"image_auroc": 0.9 + 0.01 * spec.seed, "pixel_auroc": 0.8, "aupro": float("nan"), "n_good": 3}
+        return SimpleNamespace(bundle_path=Path(run_dir) / "model.pt", metrics=metrics)
+
+    def load(path, device="auto"):
+        return SimpleNamespace(model=Draem(Draem.config_from_preset("cpu", **TINY)))
+
+    return lambda: (FakeSpec, execute, load)
+
+
+def test_result_files_append_and_summarise(tmp_path, monkeypatch) -> None:
+    data = make_mvtec(tmp_path / "data" / "set" / "cat")
+    calls: list = []
+    monkeypatch.setattr(bench, "_run_api", fake_api(calls))
+    out = tmp_path / "results"
+    cfg = bench.BenchConfig(models=["draem"], categories=["set/cat"], seeds=[0, 2], iterations=3,
+                            data_root=str(tmp_path / "data"), out_dir=str(out), infer_repeats=1)  # fmt: skip
+    rows = bench.run_bench(cfg, echo=lambda _: None)
+    assert len(rows) == 2 and not any(r.get("error") for r in rows)
+    assert [c.seed for c in calls] == [0, 2] and calls[0].data == str(data) and calls[0].shots == 20
+    row = rows[0]
+    assert row["iterations"] == 10 and row["train_s"] == 2.0 and row["s_per_iteration"] == pytest.approx(0.2)
+    assert row["train_images_per_s"] == pytest.approx(10 * 4 / 2.0)  # from the model's batch size
+    assert row["infer_ms_per_image"] > 0 and row["peak_rss_mb"] > 10 and row["aupro"] is None
+    assert row["cores"] >= 1 and row["torch"] == torch.__version__ and row["cpu"]
+
+    # a second benchmark (another model, say) appends to the same files
+    cfg2 = bench.BenchConfig(models=["draem"], categories=["set/cat"], seeds=[1], minutes=0.1, preset="cpu-fast",
+                             data_root=str(tmp_path / "data"), out_dir=str(out), infer_repeats=1)  # fmt: skip
+    bench.run_bench(cfg2, echo=lambda _: None)
+    saved = json.loads((out / "bench.json").read_text())
+    assert len(saved) == 3
+    with open(out / "bench.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 3 and table[0]["image_auroc"] == "0.9" and table[2]["preset"] == "cpu-fast"
+    md = (out / "bench.md").read_text()
+    assert "0.910 ± 0.014" in md  # mean ± std of seeds 0 and 2 (0.90, 0.92)
+    assert "cpu-fast" in md and md.count("| draem |") == 5  # 2 summary groups + 3 runs
+    summary = bench.summarise(saved)
+    assert {s["seeds"] for s in summary} == {1, 2}
+
+
+def test_a_failing_run_is_recorded_and_the_rest_goes_on(tmp_path, monkeypatch) -> None:
+    make_mvtec(tmp_path / "a")
+    make_mvtec(tmp_path / "b")
+    monkeypatch.setattr(bench, "_run_api", fake_api([], fail_on=str(tmp_path / "a")))
+    cfg = bench.BenchConfig(models=["draem"], categories=[str(tmp_path / "a"), str(tmp_path / "b")],
+                            iterations=2, out_dir=str(tmp_path / "out"), name="t", infer_repeats=1)  # fmt: skip
+    rows = bench.run_bench(cfg, echo=lambda _: None)
+    assert "RuntimeError: boom" in rows[0]["error"] and not rows[1].get("error")
+    assert "boom" in (tmp_path / "out" / "t.md").read_text()
+    missing = bench.BenchConfig(models=["draem"], categories=["nope"], iterations=2, data_root=str(tmp_path),
+                                out_dir=str(tmp_path / "out"), name="t2")  # fmt: skip
+    row = bench.run_bench(missing, echo=lambda _: None)[0]
+    assert "not found" in row["error"]
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="exactly one"):
+        bench.BenchConfig(models=["draem"], categories=["x"])
+    with pytest.raises(ConfigError, match="exactly one"):
+        bench.BenchConfig(models=["draem"], categories=["x"], minutes=1, iterations=3)
+    with pytest.raises(ConfigError, match="at least one model"):
+        bench.BenchConfig(models=[], categories=["x"], minutes=1)
+
+
+def test_cli_parses_and_reports_errors(tmp_path, monkeypatch, capsys) -> None:
+    make_mvtec(tmp_path / "d" / "cat")
+    monkeypatch.setattr(bench, "_run_api", fake_api([]))
+    code = cli_main(["bench", "--models", "draem", "--categories", "cat", "--shots", "5", "all", "--seeds", "0",
+                     "--iterations", "2", "--data-root", str(tmp_path / "d"), "--out", str(tmp_path / "o"),
+                     "--set", '{"lr": 0.001}', "--infer-repeats", "1"])  # fmt: skip
+    assert code == 0
+    rows = json.loads((tmp_path / "o" / "bench.json").read_text())
+    assert [r["shots"] for r in rows] == [5, "all"] and rows[0]["overrides"] == '{"lr": 0.001}'
+    assert cli_main(["bench", "--models", "draem", "--categories", "cat", "--iterations", "1", "--set", "[1]"]) == 1
+    assert "--set" in capsys.readouterr().err
+
+
+def test_real_tiny_bench_run(tmp_path) -> None:
+    pytest.importorskip("recon_core.runs")
+    pytest.importorskip("recon_core.bundle")
+    make_mvtec(tmp_path / "data" / "cat")
+    out = tmp_path / "results"
+    cfg = bench.BenchConfig(models=["draem"], categories=["cat"], shots=[4], iterations=3, model_overrides=TINY,
+                            data_root=str(tmp_path / "data"), out_dir=str(out), threads=1, infer_repeats=1)  # fmt: skip
+    rows = bench.run_bench(cfg, echo=lambda _: None)
+    assert not rows[0].get("error"), rows[0].get("error")
+    row = rows[0]
+    assert 0 <= row["image_auroc"] <= 1 and 0 <= row["pixel_auroc"] <= 1
+    assert row["iterations"] == 3 and row["train_s"] > 0 and row["image_size"] == 32
+    for ext in ("csv", "json", "md"):
+        assert (out / f"bench.{ext}").stat().st_size > 0
