@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 CALIBRATION_WARMUP = 1  # first iteration(s) not timed: allocator / kernel selection make them slow
 CALIBRATION_ITERATIONS = 4  # timed iterations for a minutes budget
 CALIBRATION_MAX_SHARE = 0.1  # never spend more than this share of the budget calibrating
+RECALIBRATE_AT = 0.1  # at this share of the planned total, refine the estimate once (long window, before any lr
+# drop, so the schedule stays consistent); it includes checkpoint and batch overheads
 TIME_SAFETY = 0.95  # plan for 95 % of the budget: finish_training and the final checkpoint need time too
 LOSS_LOG_FIELDS = ["iteration", "stage", "lr", "elapsed_s", "term", "value"]
 
@@ -137,7 +139,9 @@ class _State:
     iteration: int = 0  # iterations done
     total: int | None = None
     elapsed_before: float = 0.0  # seconds spent in earlier attempts (resume)
-    calib_times: list[float] = field(default_factory=list)
+    calib_t0: float | None = None  # elapsed() when the timed calibration window started
+    calib_it0: int = 0
+    recalibrated: bool = False  # the one refinement at RECALIBRATE_AT has been made (or is not allowed)
 
 
 def _training_state(
@@ -252,6 +256,7 @@ def fit(
     resumed = False
     if resume and ckpt is not None and ckpt.is_file():
         _restore(ckpt, model, stages, rng, state)
+        state.recalibrated = state.total is not None  # a fixed schedule is never changed after a resume
         resumed = True
         log.info("resuming from %s at iteration %d/%s", ckpt, state.iteration, state.total)
     elif resume:
@@ -311,7 +316,6 @@ def fit(
                 length = lengths[k]
             stage = stages[k]
             lr = _set_lrs(stage, base_lrs[k], 1.0 if state.total is None else lr_factor(local, length, stage.lr_drops))
-            t0 = time.perf_counter()
             batch = _batch(images, batch_size, rng, model.device)
             try:
                 raw_losses = stage.step(batch, rng)
@@ -330,10 +334,9 @@ def fit(
                     f"with lr {lr:.3g}; try a lower lr or another preset"
                 )
             state.iteration += 1
-            step_s = time.perf_counter() - t0
             loss_log.add(state.iteration, stage.name, lr, total_s(), losses)
-            if state.total is None:
-                _calibrate(state, step_s, budget, deadline, elapsed())
+            if budget.minutes is not None and not state.recalibrated:
+                _calibrate(state, stages, budget, deadline, elapsed())
             every = progress_every or max(1, min(10, (state.total or 10) // 100))
             if state.iteration == 1 or state.iteration % every == 0:
                 report(stage, lr)
@@ -367,20 +370,29 @@ def fit(
     )
 
 
-def _calibrate(state: _State, step_s: float, budget: Budget, deadline: float, spent: float) -> None:
-    """Minutes budget: time a few iterations, then fix the total so the whole budget is used."""
-    if state.iteration > CALIBRATION_WARMUP:
-        state.calib_times.append(step_s)
-    enough = len(state.calib_times) >= CALIBRATION_ITERATIONS
-    too_long = spent >= CALIBRATION_MAX_SHARE * deadline
-    if not (enough or too_long):
+def _calibrate(state: _State, stages: list[TrainingStage], budget: Budget, deadline: float, spent: float) -> None:
+    """Minutes budget: time a few iterations (wall clock, after a warm-up), then fix the total so the budget is
+    used; refine once at RECALIBRATE_AT of the total over a longer window, while still before the first lr drop."""
+    if state.calib_t0 is None:
+        if state.iteration >= CALIBRATION_WARMUP:
+            state.calib_t0, state.calib_it0 = spent, state.iteration
         return
-    per_it = float(np.median(state.calib_times)) if state.calib_times else spent / max(1, state.iteration)
+    timed = state.iteration - state.calib_it0
+    per_it = (spent - state.calib_t0) / max(1, timed)
+    if state.total is None:
+        if timed < CALIBRATION_ITERATIONS and spent < CALIBRATION_MAX_SHARE * deadline:
+            return
+    elif state.iteration < RECALIBRATE_AT * state.total:
+        return
     remaining = max(0.0, deadline * TIME_SAFETY - spent)
-    state.total = max(state.iteration, state.iteration + int(remaining / max(per_it, 1e-6)))
+    total = max(state.iteration + 1, state.iteration + int(remaining / max(per_it, 1e-6)))
+    if state.total is not None:
+        state.recalibrated = True
+        # only if the first stage has not reached an lr drop under the new total (keeps the schedule consistent)
+        first = stage_lengths(total, stages)[0] * min(stages[0].lr_drops or (1.0,))
+        if state.iteration >= first:
+            return
+    state.total = total
     log.info(
-        "minutes budget %.2f: %.3f s/iteration measured, training %d iterations",
-        budget.minutes or 0,
-        per_it,
-        state.total,
+        "minutes budget %.2f: %.3f s/iteration measured, training %d iterations", budget.minutes or 0, per_it, total
     )

@@ -1,0 +1,225 @@
+"""The training loop with a tiny model: schedule, budgets, resume, checkpoints, cancel, failures."""
+
+from __future__ import annotations
+
+import csv
+import errno
+
+import numpy as np
+import pytest
+import torch
+from tiny_model import TinyConfig, TinyModel, register_tiny, tiny_images
+
+from recon_core import train as train_mod
+from recon_core.bundle import load_bundle, read_bundle_dict
+from recon_core.errors import TrainingCancelled, TrainingError
+from recon_core.models.base import Budget, TrainingStage
+from recon_core.train import fit, lr_factor, stage_lengths
+
+
+@pytest.fixture(autouse=True)
+def _tiny(monkeypatch):
+    register_tiny(monkeypatch)
+
+
+def weights(model: TinyModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+
+
+def test_stage_lengths_split_by_weight_and_sum_to_total():
+    stages = [TrainingStage(n, w, lambda *a: {}, []) for n, w in (("a", 3.0), ("b", 1.0))]
+    assert stage_lengths(40, stages) == [30, 10]
+    assert sum(stage_lengths(7, stages)) == 7
+    assert stage_lengths(2, stages) == [1, 1]  # every stage runs when the budget allows
+    assert lr_factor(79, 100, (0.8, 0.9)) == 1.0
+    assert lr_factor(80, 100, (0.8, 0.9)) == pytest.approx(0.1)
+    assert lr_factor(90, 100, (0.8, 0.9)) == pytest.approx(0.01)
+
+
+def test_lr_drops_at_80_and_90_percent():
+    model = TinyModel(TinyConfig(lr=1e-2))
+    summary = fit(model, tiny_images(), None, Budget(iterations=50))
+    lrs = [lr for _, lr in model.lr_trace]
+    assert summary.iterations == summary.total_iterations == 50 == len(lrs)
+    assert lrs[:40] == pytest.approx([1e-2] * 40)
+    assert lrs[40:45] == pytest.approx([1e-3] * 5)
+    assert lrs[45:] == pytest.approx([1e-4] * 5)
+    assert model.finished  # finish_training was called
+    assert not any(net.training for net in model.networks().values())
+
+
+def test_two_stages_run_in_order_with_their_own_schedule():
+    model = TinyModel(TinyConfig(lr=1e-2, two_stages=True))
+    summary = fit(model, tiny_images(), None, Budget(iterations=40))
+    names = [n for n, _ in model.lr_trace]
+    assert names == ["main"] * 30 + ["head"] * 10
+    head = [lr for n, lr in model.lr_trace if n == "head"]
+    assert head[:5] == pytest.approx([2e-2] * 5) and head[5:] == pytest.approx([2e-3] * 5)  # drop at 0.5
+    assert summary.stage_iterations == {"main": 30, "head": 10}
+
+
+def test_progress_reports_fields_and_the_end():
+    reports = []
+    fit(TinyModel(TinyConfig()), tiny_images(), None, Budget(iterations=25), progress=reports.append, progress_every=5)
+    assert [r.iteration for r in reports] == [1, 5, 10, 15, 20, 25, 25]
+    last = reports[-1]
+    assert last.total_iterations == 25 and last.eta_s == 0 and last.images_per_s > 0
+    assert set(last.losses) == {"mse", "total"} and last.lr > 0
+
+
+def test_minutes_budget_calibrates_and_fixes_total(tmp_path):
+    model = TinyModel(TinyConfig(step_sleep=0.05))
+    summary = fit(model, tiny_images(), None, Budget(minutes=0.04), checkpoint_path=tmp_path / "c.pt")
+    # 2.4 s budget at >= 0.05 s/iteration: at most 48 iterations; most of the budget is used (machine is noisy)
+    assert 5 <= summary.total_iterations <= 48
+    assert summary.iterations == summary.total_iterations or summary.stopped_by_time
+    assert 1.2 < summary.seconds < 2.4 + 0.5  # the wall-clock limit is respected
+    ts = read_bundle_dict(tmp_path / "c.pt")["training_state"]
+    assert ts["total_iterations"] == summary.total_iterations
+    # the schedule follows the calibrated total: lr x 0.1 from 80 %, x 0.01 from 90 % of it
+    total = summary.total_iterations
+    expected = [model.cfg.lr * lr_factor(i, total, (0.8, 0.9)) for i in range(summary.iterations)]
+    assert [lr for _, lr in model.lr_trace] == pytest.approx(expected)
+
+
+def test_resume_continues_the_schedule_exactly(tmp_path):
+    images = tiny_images()
+    torch.manual_seed(0)
+    straight = TinyModel(TinyConfig(two_stages=True))
+    fit(straight, images, None, Budget(iterations=30), seed=3)
+
+    ckpt, losses = tmp_path / "c.pt", tmp_path / "losses.csv"
+    torch.manual_seed(0)  # same initial weights as the straight run
+    first = TinyModel(TinyConfig(two_stages=True))
+    with pytest.raises(TrainingCancelled):
+        fit(
+            first,
+            images,
+            None,
+            Budget(iterations=30),
+            seed=3,
+            checkpoint_path=ckpt,
+            checkpoint_every=5,
+            loss_log_path=losses,
+            should_stop=lambda: first.calls >= 13,
+        )
+    assert read_bundle_dict(ckpt)["training_state"]["iteration"] == 13
+    second = TinyModel(TinyConfig(two_stages=True))
+    summary = fit(
+        second, images, None, Budget(iterations=30), seed=3, checkpoint_path=ckpt, loss_log_path=losses, resume=True
+    )
+    assert summary.iterations == summary.total_iterations == 30
+    assert [lr for _, lr in first.lr_trace] + [lr for _, lr in second.lr_trace] == [lr for _, lr in straight.lr_trace]
+    for k, v in weights(straight).items():
+        assert torch.equal(v, weights(second)[k]), k  # bit-identical to the uninterrupted run
+    with open(losses) as fh:
+        iters = sorted({int(r["iteration"]) for r in csv.DictReader(fh)})
+    assert iters == list(range(1, 31))
+
+
+def test_resume_of_a_minutes_run_keeps_its_total(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    model = TinyModel(TinyConfig(step_sleep=0.02))
+    with pytest.raises(TrainingCancelled):
+        fit(
+            model, tiny_images(), None, Budget(minutes=0.05), checkpoint_path=ckpt, should_stop=lambda: model.calls >= 8
+        )
+    total = read_bundle_dict(ckpt)["training_state"]["total_iterations"]
+    assert total is not None and total > 8
+    again = TinyModel(TinyConfig(step_sleep=0.02))
+    summary = fit(again, tiny_images(), None, Budget(minutes=0.05), checkpoint_path=ckpt, resume=True)
+    assert summary.total_iterations == total  # the same schedule, not recalibrated
+    assert summary.iterations == total or summary.stopped_by_time  # a busy machine may hit the wall-clock limit
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    summary = fit(
+        TinyModel(TinyConfig()),
+        tiny_images(),
+        None,
+        Budget(iterations=5),
+        checkpoint_path=tmp_path / "c.pt",
+        resume=True,
+    )
+    assert summary.iterations == 5
+
+
+def test_checkpoint_every_n_and_at_the_end(tmp_path, monkeypatch):
+    seen = []
+    real = train_mod._write_checkpoint
+
+    def spy(path, model, synth, ts):
+        seen.append(ts["iteration"])
+        real(path, model, synth, ts)
+
+    monkeypatch.setattr(train_mod, "_write_checkpoint", spy)
+    fit(
+        TinyModel(TinyConfig()),
+        tiny_images(),
+        None,
+        Budget(iterations=23),
+        checkpoint_path=tmp_path / "c.pt",
+        checkpoint_every=10,
+    )
+    assert seen == [10, 20, 23]
+    loaded = load_bundle(tmp_path / "c.pt", "cpu")
+    assert loaded.training_state["iteration"] == 23 and loaded.model.name == "tiny"
+    assert isinstance(loaded.training_state["optimizers"][0][0]["state"], dict)
+
+
+def test_cancel_writes_a_checkpoint_then_raises(tmp_path):
+    model = TinyModel(TinyConfig())
+    with pytest.raises(TrainingCancelled, match="iteration 4/20"):
+        fit(
+            model,
+            tiny_images(),
+            None,
+            Budget(iterations=20),
+            checkpoint_path=tmp_path / "c.pt",
+            checkpoint_every=100,
+            should_stop=lambda: model.calls >= 4,
+        )
+    assert read_bundle_dict(tmp_path / "c.pt")["training_state"]["iteration"] == 4
+
+
+def test_nan_loss_is_a_training_error():
+    with pytest.raises(TrainingError, match=r"loss became NaN at iteration 3 \(lr too high\?\)"):
+        fit(TinyModel(TinyConfig(nan_at=3)), tiny_images(), None, Budget(iterations=10))
+
+
+def test_out_of_memory_becomes_advice(monkeypatch):
+    model = TinyModel(TinyConfig())
+
+    def boom(*_):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(model, "_step", boom)
+    with pytest.raises(TrainingError, match="smaller batch size or a smaller preset"):
+        fit(model, tiny_images(), None, Budget(iterations=3))
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    ckpt = tmp_path / "c.pt"
+    model = TinyModel(TinyConfig())
+    fit(model, tiny_images(), None, Budget(iterations=4), checkpoint_path=ckpt)
+    before = ckpt.read_bytes()
+    real_save = torch.save
+
+    def full(obj, fh, *a, **k):
+        fh.write(b"partial")  # a half-written file, then the disk fills up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(TrainingError, match="disk full"):
+        fit(TinyModel(TinyConfig()), tiny_images(), None, Budget(iterations=4), checkpoint_path=ckpt)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ckpt.read_bytes() == before  # intact and loadable
+    assert load_bundle(ckpt, "cpu").training_state["iteration"] == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+
+
+def test_bad_images_are_refused():
+    with pytest.raises(TrainingError, match="expects 32x32"):
+        fit(TinyModel(TinyConfig()), tiny_images(size=16), None, Budget(iterations=2))
+    with pytest.raises(TrainingError):
+        fit(TinyModel(TinyConfig()), np.zeros((0, 32, 32, 3), np.float32), None, Budget(iterations=2))
