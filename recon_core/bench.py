@@ -234,8 +234,8 @@ def run_one(cfg: BenchConfig, model: str, category: str, shots: int | None, seed
         infer_ms = inference_ms_per_image(bundle.model, cfg.infer_repeats)
     metrics = dict(result.metrics or {})
     net = bundle.model
-    iterations = last.get("iteration") or metrics.get("iterations")
-    train_s = last.get("elapsed") or metrics.get("train_seconds")
+    iterations = metrics.get("iterations") or last.get("iteration")
+    train_s = metrics.get("train_seconds") or last.get("elapsed")
     row: dict[str, Any] = {
         "model": model,
         "preset": cfg.preset or type(net).default_preset,
@@ -365,6 +365,8 @@ def run_bench(cfg: BenchConfig, *, echo: Callable[[str], None] = print) -> list[
     A run that fails is recorded with its error and the benchmark goes on."""
     from recon_core.device import configure_cpu_threads
 
+    if cfg.threads:
+        os.environ["RECON_THREADS"] = str(cfg.threads)  # execute_run configures threads from this
     configure_cpu_threads(cfg.threads)
     machine = machine_info()
     rows = []

@@ -56,14 +56,17 @@ def tiny(**changes) -> Draem:
 
 
 def train_steps(model: Draem, images: np.ndarray, iterations: int, seed: int = 0) -> dict[str, float]:
+    """Plain training loop (constant lr); returns the last step's losses, plus 'first_total'."""
     rng = np.random.default_rng(seed)
     model.setup_training(images, SynthConfig(seed=seed), seed)
     stage = model.stages()[0]
     data = torch.from_numpy(images).permute(0, 3, 1, 2)
     losses: dict[str, float] = {}
+    first = None
     for _ in range(iterations):
         losses = stage.step(data[rng.choice(len(data), model.cfg.batch_size)], rng)
-    return losses
+        first = losses["total"] if first is None else first
+    return {**losses, "first_total": first}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -74,9 +77,8 @@ def train_steps(model: Draem, images: np.ndarray, iterations: int, seed: int = 0
 def test_tiny_draem_learns_a_synthetic_defect() -> None:
     train = stripes(16, np.random.default_rng(0))
     model = tiny()
-    before = train_steps(model, train, 1)
-    after = train_steps(model, train, 120)
-    assert after["total"] < before["total"]
+    losses = train_steps(model, train, 150)  # ~10 s on one thread
+    assert losses["total"] < 0.5 * losses["first_total"]
 
     rng = np.random.default_rng(123)  # different images, textures and masks than training
     test = stripes(30, rng)
@@ -168,7 +170,7 @@ def test_sspcab_variant_trains_and_adds_its_loss() -> None:
     weights = [p.detach().clone() for p in sspcab.parameters()]
     losses = train_steps(model, images, 2)
     assert "sspcab" in losses and math.isfinite(losses["sspcab"])
-    expected = losses["l2"] + losses["ssim"] + losses["focal"] + 0.1 * losses["sspcab"]
+    expected = losses["l2"] + losses["ssim"] + losses["focal"] + 0.1 * losses["sspcab"]  # weight 0.1
     assert losses["total"] == pytest.approx(expected, rel=1e-5)
     assert any(not torch.equal(w, p) for w, p in zip(weights, sspcab.parameters(), strict=True))
     assert "sspcab" not in train_steps(tiny(), images, 1)
