@@ -205,8 +205,8 @@ def execute_run(
 ) -> RunResult:
     from recon_core import bundle as bundle_mod
     from recon_core.device import configure_cpu_threads, describe_device, resolve_device
-    from recon_core.evaluation import evaluate_bundle, save_eval, synthetic_test_set
-    from recon_core.images import load_dataset
+    from recon_core.evaluation import evaluate_bundle, save_eval
+    from recon_core.images import TestSet, load_dataset
     from recon_core.models import get_model_class
     from recon_core.train import fit
 
@@ -282,8 +282,15 @@ def execute_run(
         model.synth_config = spec.synth
         loaded = bundle_mod.LoadedBundle(model, spec.synth, None, {}, None, str(run_dir / "model.pt"))
         eval_set = test
-        if test is None:  # a plain folder: held-out goods + synthetic defects
-            eval_set = synthetic_test_set(held_images, held_paths, spec.synth, config.image_size)
+        if test is None:  # a plain folder: held-out goods (+ synthetic defects, added by evaluate_bundle)
+            eval_set = TestSet(
+                images=held_images,
+                labels=np.zeros(len(held_images), int),
+                masks=np.zeros(held_images.shape[:3], np.float32),
+                has_masks=False,
+                paths=held_paths,
+                defect_types=["good"] * len(held_paths),
+            )
         result = evaluate_bundle(loaded, eval_set)
         save_eval(result, run_dir / "eval")
         threshold = _default_threshold(result)

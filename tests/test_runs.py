@@ -1,0 +1,205 @@
+"""execute_run end to end with the tiny model on a tiny MVTec-layout folder; evaluation and inference helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_model import register_tiny
+
+from recon_core.bundle import load_bundle
+from recon_core.errors import CheckpointError, ConfigError, DataError, TrainingCancelled
+from recon_core.evaluation import evaluate_bundle, load_eval, save_eval
+from recon_core.inference import overlay, predict_paths, write_csv
+from recon_core.runs import RunSpec, execute_run, resolve_data_path
+from recon_core.synth import SynthConfig
+
+
+@pytest.fixture(autouse=True)
+def _tiny(monkeypatch):
+    register_tiny(monkeypatch)
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def make_mvtec(root: Path, n_train: int = 8, n_good: int = 4, n_defect: int = 4, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    base = (np.linspace(60, 190, size)[None, :, None] * np.ones((size, size, 3))).astype(np.uint8)
+
+    def good() -> np.ndarray:
+        return np.clip(base + rng.integers(-5, 6, base.shape), 0, 255).astype(np.uint8)
+
+    for i in range(n_train):
+        _save(root / "train" / "good" / f"{i:03d}.png", good())
+    for i in range(n_good):
+        _save(root / "test" / "good" / f"{i:03d}.png", good())
+    for i in range(n_defect):
+        img, mask = good(), np.zeros((size, size), np.uint8)
+        y, x = rng.integers(4, size - 12, 2)
+        img[y : y + 8, x : x + 8] = 255
+        mask[y : y + 8, x : x + 8] = 255
+        _save(root / "test" / "crack" / f"{i:03d}.png", img)
+        _save(root / "ground_truth" / "crack" / f"{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture
+def mvtec(tmp_path) -> Path:
+    return make_mvtec(tmp_path / "data")
+
+
+def spec_for(data: Path, **kw) -> RunSpec:
+    values = {"data": str(data), "model": "tiny", "iterations": 6, "checkpoint_every": 3, "synth": SynthConfig()}
+    values.update(kw)
+    return RunSpec(**values)
+
+
+def test_runspec_json_round_trip_and_strictness():
+    spec = RunSpec(data="x", model="tiny", model_overrides={"width": 8}, synth=SynthConfig(opacity_min=0.4), shots=5)
+    assert RunSpec.from_json(spec.to_json()) == spec
+    assert RunSpec.from_dict(json.loads(spec.to_json())).synth.opacity_min == 0.4
+    with pytest.raises(ConfigError, match="bogus"):
+        RunSpec.from_dict({"data": "x", "bogus": 1})
+    with pytest.raises(ConfigError):
+        RunSpec.from_dict({"data": "x", "synth": {"opacity_min": "high"}})
+
+
+def test_execute_run_writes_the_run_folder(mvtec, tmp_path):
+    run = tmp_path / "run"
+    progress = []
+    result = execute_run(spec_for(mvtec, shots=5), run, progress=progress.append)
+    for name in ("spec.json", "data.json", "checkpoint.pt", "model.pt", "losses.csv", "metrics.json", "run.log"):
+        assert (run / name).is_file(), name
+    assert (run / "eval.npz").is_file() and (run / "eval.json").is_file()
+    heatmaps = list((run / "heatmaps").glob("*.png"))
+    assert 1 <= len(heatmaps) <= 6
+    panel = np.asarray(Image.open(heatmaps[0]))
+    assert panel.shape == (32, 32 * 3 + 4, 3)  # image | overlay | mask
+    data = json.loads((run / "data.json").read_text())
+    assert len(data["train"]) == 5
+    m = result.metrics
+    assert m["n_good"] == 4 and m["n_defect"] == 4 and m["synthetic"] is False
+    assert m["iterations"] == 6 and m["pixel_auroc"] is not None
+    assert progress[-1].iteration == 6
+    loaded = load_bundle(result.bundle_path, "cpu")
+    assert loaded.threshold is not None and loaded.threshold.params["default"]
+    assert loaded.metadata["shots"] == 5
+    ev = load_eval(run / "eval")
+    assert ev.labels.tolist() == [0] * 4 + [1] * 4 or sorted(ev.labels.tolist()) == [0] * 4 + [1] * 4
+
+
+def test_same_seed_same_shots(mvtec, tmp_path):
+    execute_run(spec_for(mvtec, shots=3, seed=5), tmp_path / "a")
+    execute_run(spec_for(mvtec, shots=3, seed=5), tmp_path / "b")
+    a, b = (json.loads((tmp_path / r / "data.json").read_text())["train"] for r in "ab")
+    assert a == b and len(a) == 3
+
+
+def test_plain_folder_gets_a_synthetic_evaluation(tmp_path):
+    data = make_mvtec(tmp_path / "d", n_train=10) / "train" / "good"
+    result = execute_run(spec_for(data), tmp_path / "run")
+    assert result.metrics["synthetic"] is True
+    info = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert len(info["train"]) == 8 and len(info["held_out_goods"]) == 2  # 20 % held out for evaluation
+    ev = load_eval(tmp_path / "run" / "eval")
+    assert {"synthetic-faint", "synthetic-medium"} <= set(ev.defect_types)
+    assert ev.synthetic and ev.has_masks
+
+
+def test_labelled_defects_are_removed_from_evaluation(mvtec, tmp_path, monkeypatch):
+    seen = {}
+    import tiny_model
+
+    real = tiny_model.TinyModel.set_labelled_defects
+
+    def spy(self, images, masks=None):
+        seen["n"] = len(images)
+        seen["masks"] = None if masks is None else masks.shape
+        real(self, images, masks)
+
+    monkeypatch.setattr(tiny_model.TinyModel, "set_labelled_defects", spy)
+    result = execute_run(spec_for(mvtec, labelled_defects=2), tmp_path / "run")
+    assert seen == {"n": 2, "masks": (2, 32, 32)}
+    assert result.metrics["n_defect"] == 2
+    taken = json.loads((tmp_path / "run" / "data.json").read_text())["labelled_defects"]
+    assert len(taken) == 2 and not set(taken) & set(load_eval(tmp_path / "run" / "eval").paths)
+    with pytest.raises(DataError, match="asked for 9"):
+        execute_run(spec_for(mvtec, labelled_defects=9), tmp_path / "run2")
+
+
+def test_init_from_loads_the_other_runs_weights(mvtec, tmp_path):
+    first = execute_run(spec_for(mvtec), tmp_path / "a")
+    # lr 0: training does not move the weights, so the result must equal the warm start exactly
+    second = execute_run(spec_for(mvtec, init_from=first.bundle_path, model_overrides={"lr": 0.0}), tmp_path / "b")
+    a, b = load_bundle(first.bundle_path, "cpu").model, load_bundle(second.bundle_path, "cpu").model
+    for k, v in a.net.state_dict().items():
+        assert torch.equal(v, b.net.state_dict()[k])
+    with pytest.raises(CheckpointError):
+        execute_run(spec_for(mvtec, init_from=str(tmp_path / "nope.pt")), tmp_path / "c")
+
+
+def test_cancel_then_resume_finishes_the_same_schedule(mvtec, tmp_path):
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    spec = spec_for(mvtec, iterations=10, checkpoint_every=100)
+    with pytest.raises(TrainingCancelled):
+        execute_run(spec, tmp_path / "run", should_stop=stop)
+    assert not (tmp_path / "run" / "model.pt").exists()
+    result = execute_run(spec, tmp_path / "run", resume=True)
+    assert result.metrics["iterations"] == 10 == result.metrics["total_iterations"]
+
+
+def test_data_and_budget_errors(tmp_path, mvtec):
+    with pytest.raises(DataError, match="no such folder"):
+        execute_run(spec_for(tmp_path / "missing"), tmp_path / "r1")
+    with pytest.raises(ConfigError, match="iterations or minutes"):
+        execute_run(spec_for(mvtec, iterations=None), tmp_path / "r2")
+    with pytest.raises(ConfigError, match="unknown model"):
+        execute_run(spec_for(mvtec, model="nope"), tmp_path / "r3")
+    assert resolve_data_path(str(mvtec)) == mvtec
+
+
+def test_evaluate_bundle_and_save_load(mvtec, tmp_path):
+    result = execute_run(spec_for(mvtec), tmp_path / "run")
+    ev = evaluate_bundle(result.bundle_path, mvtec)
+    assert not ev.synthetic and len(ev.scores) == 8 and ev.maps.shape == (8, 32, 32)
+    save_eval(ev, tmp_path / "e.npz")
+    back = load_eval(tmp_path / "e.json")
+    np.testing.assert_allclose(back.scores, ev.scores)
+    assert back.metrics == pytest.approx(ev.metrics) and back.paths == ev.paths
+    assert (tmp_path / "e.npz").is_file() and (tmp_path / "e.json").is_file()
+
+
+def test_predict_paths_with_a_corrupt_file(mvtec, tmp_path):
+    result = execute_run(spec_for(mvtec), tmp_path / "run")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    good = sorted((mvtec / "test" / "crack").glob("*.png"))[:2]
+    rows, maps, _ = predict_paths(result.bundle_path, [good[0], bad, good[1], tmp_path / "missing.png"])
+    assert [r["problem"] is None for r in rows] == [True, False, True, False]
+    assert rows[1]["score"] is None and rows[1]["verdict"] is None and rows[1]["problem"]
+    assert rows[0]["verdict"] in ("accept", "review", "reject") and len(maps) == 2
+    write_csv(rows, tmp_path / "p.csv")
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "path,score,verdict,problem" and len(lines) == 5
+
+
+def test_overlay_is_uint8_and_blends():
+    img = np.zeros((16, 16, 3), np.float32)
+    amap = np.zeros((8, 8), np.float32)
+    amap[0, 0] = 1.0
+    out = overlay(img, amap, alpha=0.5)
+    assert out.dtype == np.uint8 and out.shape == (16, 16, 3)
+    assert overlay(img, amap, alpha=0.0).max() == 0  # alpha 0: the image unchanged
+    assert not np.array_equal(out[0, 0], out[15, 15])  # hot corner differs from cold corner
