@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_model import register_tiny
+from tiny_model import make_mvtec, register_tiny
 
 from recon_core.bundle import load_bundle
 from recon_core.errors import CheckpointError, ConfigError, DataError, TrainingCancelled
@@ -22,32 +22,6 @@ from recon_core.synth import SynthConfig
 @pytest.fixture(autouse=True)
 def _tiny(monkeypatch):
     register_tiny(monkeypatch)
-
-
-def _save(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-def make_mvtec(root: Path, n_train: int = 8, n_good: int = 4, n_defect: int = 4, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    base = (np.linspace(60, 190, size)[None, :, None] * np.ones((size, size, 3))).astype(np.uint8)
-
-    def good() -> np.ndarray:
-        return np.clip(base + rng.integers(-5, 6, base.shape), 0, 255).astype(np.uint8)
-
-    for i in range(n_train):
-        _save(root / "train" / "good" / f"{i:03d}.png", good())
-    for i in range(n_good):
-        _save(root / "test" / "good" / f"{i:03d}.png", good())
-    for i in range(n_defect):
-        img, mask = good(), np.zeros((size, size), np.uint8)
-        y, x = rng.integers(4, size - 12, 2)
-        img[y : y + 8, x : x + 8] = 255
-        mask[y : y + 8, x : x + 8] = 255
-        _save(root / "test" / "crack" / f"{i:03d}.png", img)
-        _save(root / "ground_truth" / "crack" / f"{i:03d}_mask.png", mask)
-    return root
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ depending on the real models. Register it with `register_tiny(monkeypatch)`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from recon_core.models.base import AnomalyModel, ModelConfig, Prediction, TrainingStage
@@ -134,3 +136,29 @@ def tiny_images(n: int = 6, size: int = 32, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = np.linspace(0.2, 0.8, size, dtype=np.float32)[None, :, None] * np.ones((size, size, 3), np.float32)
     return np.clip(base[None] + rng.normal(0, 0.02, (n, size, size, 3)).astype(np.float32), 0, 1)
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def make_mvtec(root: Path, n_train: int = 8, n_good: int = 4, n_defect: int = 4, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    base = (np.linspace(60, 190, size)[None, :, None] * np.ones((size, size, 3))).astype(np.uint8)
+
+    def good() -> np.ndarray:
+        return np.clip(base + rng.integers(-5, 6, base.shape), 0, 255).astype(np.uint8)
+
+    for i in range(n_train):
+        _save(root / "train" / "good" / f"{i:03d}.png", good())
+    for i in range(n_good):
+        _save(root / "test" / "good" / f"{i:03d}.png", good())
+    for i in range(n_defect):
+        img, mask = good(), np.zeros((size, size), np.uint8)
+        y, x = rng.integers(4, size - 12, 2)
+        img[y : y + 8, x : x + 8] = 255
+        mask[y : y + 8, x : x + 8] = 255
+        _save(root / "test" / "crack" / f"{i:03d}.png", img)
+        _save(root / "ground_truth" / "crack" / f"{i:03d}_mask.png", mask)
+    return root

@@ -1,0 +1,164 @@
+"""CLI: train / eval / predict / export / threshold with the tiny model, in process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from tiny_model import TinyConfig, TinyModel, make_mvtec, register_tiny, tiny_images
+
+from recon_core.bundle import load_bundle, save_bundle
+from recon_core.cli import main
+from recon_core.errors import ConfigError
+from recon_core.export import export_onnx
+
+
+@pytest.fixture(autouse=True)
+def _tiny(monkeypatch):
+    register_tiny(monkeypatch)
+
+
+@pytest.fixture
+def trained(tmp_path):
+    data = make_mvtec(tmp_path / "data")
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            str(data),
+            "--model",
+            "tiny",
+            "--iterations",
+            "6",
+            "--shots",
+            "5",
+            "--out",
+            str(run),
+            "--set",
+            "width=6",
+            "--synth-config",
+            '{"opacity_min": 0.3}',
+            "-q",
+        ]
+    )
+    assert code == 0
+    return data, run
+
+
+def test_train_writes_a_run(trained, capsys):
+    data, run = trained
+    assert (run / "model.pt").is_file()
+    spec = json.loads((run / "spec.json").read_text())
+    assert spec["model_overrides"] == {"width": 6} and spec["synth"]["opacity_min"] == 0.3 and spec["shots"] == 5
+    assert load_bundle(run / "model.pt", "cpu").model.config.width == 6
+    # the same --out again is refused, --resume continues (here: already finished, nothing to redo)
+    assert main(["train", str(data), "--model", "tiny", "--iterations", "6", "--out", str(run), "-q"]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(run), "-q"]) == 0
+
+
+def test_train_refuses_bad_settings(tmp_path, capsys):
+    data = make_mvtec(tmp_path / "data")
+    args = ["train", str(data), "--model", "tiny", "--iterations", "2", "--out", str(tmp_path / "r"), "-q"]
+    assert main([*args, "--synth-config", '{"opacity": 2}']) == 1
+    assert "unknown setting" in capsys.readouterr().err
+    assert main([*args, "--set", "nonsense=1"]) == 1
+    assert "nonsense" in capsys.readouterr().err
+
+
+def test_eval_prints_metrics_and_curves(trained, tmp_path):
+    data, run = trained
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--data", str(data), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["metrics"]["n_defect"] == 4 and not result["synthetic"]
+    assert len(result["roc"]["fpr"]) == len(result["roc"]["tpr"]) >= 2 and "precision" in result["pr"]
+    assert set(result["confusion"]) >= {"tp", "fp", "tn", "fn"}
+
+
+def test_predict_csv_with_one_corrupt_file(trained, tmp_path, capsys):
+    data, run = trained
+    bad = tmp_path / "in" / "corrupt.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"definitely not a png")
+    good = sorted((data / "test" / "good").glob("*.png"))
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(good[0]), str(bad), str(good[1]), "--out", str(out)]) == 0
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["path"] for r in rows] == [str(good[0]), str(bad), str(good[1])]
+    assert rows[1]["score"] == "" and rows[1]["problem"] and rows[1]["verdict"] == ""
+    assert all(r["verdict"] in ("accept", "review", "reject") for r in (rows[0], rows[2]))
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["000.png", "001.png"]
+    assert "corrupt.png" in capsys.readouterr().err
+
+
+def test_threshold_methods_update_the_bundle(trained, capsys):
+    _, run = trained
+    assert main(["threshold", str(run), "--method", "manual", "--value", "0.123", "--review-below", "0.1"]) == 0
+    thr = load_bundle(run / "model.pt", "cpu").threshold
+    assert (thr.value, thr.method, thr.review_below) == (0.123, "manual", 0.1)
+    capsys.readouterr()
+    assert main(["threshold", str(run), "--method", "fpr", "--value", "0.25"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["threshold"]["method"] == "fpr" and printed["confusion"]["fpr"] <= 0.25
+    assert main(["threshold", str(run), "--method", "quantile", "--value", "0.9"]) == 0
+    assert load_bundle(run / "model.pt", "cpu").threshold.method == "quantile"
+    assert main(["threshold", str(run), "--method", "manual"]) == 1  # needs --value
+
+
+def test_export_onnx_and_zip(trained, tmp_path):
+    _, run = trained
+    onnx_path, zip_path = tmp_path / "m.onnx", tmp_path / "m.zip"
+    assert main(["export", str(run), "--onnx", str(onnx_path), "--zip", str(zip_path)]) == 0
+    names = set(zipfile.ZipFile(zip_path).namelist())
+    assert {"model.pt", "model.onnx", "README.txt", "threshold.json", "metrics.json", "config.json"} <= names
+    readme = zipfile.ZipFile(zip_path).read("README.txt").decode()
+    assert '"image"' in readme and "(batch, 3, 32, 32)" in readme and "NO mean/std normalisation" in readme
+    # the ONNX file scores real images like the bundle does
+    bundle = load_bundle(run / "model.pt", "cpu")
+    images = tiny_images(3)
+    ref = bundle.model.predict(images)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    scores, maps = session.run(None, {"image": images.transpose(0, 3, 1, 2).copy()})
+    np.testing.assert_allclose(scores, ref.image_scores, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(maps, ref.maps, rtol=1e-4, atol=1e-6)
+
+
+def test_export_refused_for_models_without_onnx(tmp_path, monkeypatch):
+    model = TinyModel(TinyConfig())
+    path = tmp_path / "m.pt"
+    save_bundle(path, model, synth_config=None)
+
+    def no_export(self):
+        raise ConfigError(f"model {self.name!r}: export not supported")
+
+    monkeypatch.setattr(TinyModel, "onnx_module", no_export)
+    with pytest.raises(ConfigError, match="export not supported"):
+        export_onnx(path, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_parity_failure_is_refused(tmp_path, monkeypatch):
+    from recon_core import export as export_mod
+
+    model = TinyModel(TinyConfig())
+    path = tmp_path / "m.pt"
+    save_bundle(path, model, synth_config=None)
+    real = ort.InferenceSession
+
+    class Skewed:
+        def __init__(self, *a, **k):
+            self.s = real(*a, **k)
+
+        def run(self, names, feeds):
+            return [o + 1.0 for o in self.s.run(names, feeds)]
+
+    monkeypatch.setattr(ort, "InferenceSession", Skewed)
+    with pytest.raises(export_mod.ReconError, match="differs from torch"):
+        export_onnx(path, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
