@@ -276,3 +276,13 @@ def test_pooled_max_score() -> None:
     assert scores[0] == pytest.approx(1 / 81, rel=1e-5) and scores[1] == pytest.approx(0.5, rel=1e-5)
     assert mean_pool_max(maps, 1).tolist() == [1.0, 0.5]
     assert pool_size_for(256) == 21 and pool_size_for(128) == 11 and pool_size_for(8) == 1
+
+
+def test_onnx_export_matches_torch(tmp_path) -> None:
+    bundle = pytest.importorskip("recon_core.bundle")
+    export = pytest.importorskip("recon_core.export")
+    model = tiny(image_size=40, sspcab=True)
+    train_steps(model, stripes(4, np.random.default_rng(10), 40), 2)
+    bundle.save_bundle(tmp_path / "m.pt", model, synth_config=SynthConfig())
+    info = export.export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx")  # checks parity in onnxruntime itself
+    assert info["parity"] == "ok" and info["max_abs_diff_map"] < 1e-4

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Reproduce the DRAEM CPU benchmark tables in benchmarks/results/ (see benchmarks/README.md and notes/draem.md).
+# Every timed run holds the shared lock so two timed runs never overlap. Usage:
+#   bash benchmarks/run_draem.sh [MINUTES] [PRESET]        (defaults: 5 cpu)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+minutes="${1:-5}"
+preset="${2:-cpu}"
+py="${PYTHON:-python}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep (big win on a shared 2-core CPU)
+bench() { flock /tmp/recon-bench.lock "$py" -m recon_core bench --models draem --preset "$preset" --minutes "$minutes" \
+  --out benchmarks/results --name draem "$@"; }
+
+# 1) targets: 20 shots; bottle and tire over 3 seeds, magnetic tile and AITEX one seed
+bench --categories mvtec_ad/bottle mvtec3d_ad/tire --shots 20 --seeds 0
+bench --categories magnetic_tile/magnetic_tile aitex/fabric01 --shots 20 --seeds 0
+bench --categories mvtec_ad/bottle mvtec3d_ad/tire --shots 20 --seeds 1 2
+# 2) few-shot curve (one seed)
+bench --categories mvtec_ad/bottle mvtec3d_ad/tire --shots 10 50 --seeds 0 --name draem_shots
