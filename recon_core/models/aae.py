@@ -161,6 +161,12 @@ class AdversarialAutoEncoder(AnomalyModel):
         "paper": {"image_size": 32, "blocks": 3, "width": 64, "latent_dim": 12, "batch_size": 32, "lr": 2e-4},
         "gpu": {"image_size": 64, "blocks": 4, "width": 64, "latent_dim": 12, "batch_size": 32, "lr": 2e-4},
     }
+    # used when a run gives no budget (the benchmark always gives one)
+    preset_budgets: ClassVar[dict[str, dict[str, float]]] = {
+        "cpu": {"minutes": 1.0},
+        "paper": {"iterations": 10000},
+        "gpu": {"iterations": 10000},
+    }
 
     def __init__(self, config: ModelConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(config, device)
