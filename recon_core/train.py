@@ -100,8 +100,8 @@ def _is_oom(exc: BaseException) -> bool:
 
 class _LossLog:
     """Long-format CSV (iteration, stage, lr, elapsed_s, term, value): stages may log different terms. Rows are
-    buffered and flushed with each checkpoint; on resume rows after the checkpoint's iteration are dropped, since
-    those iterations are redone."""
+    buffered and flushed with each progress report and checkpoint; on resume rows after the checkpoint's iteration
+    are dropped, since those iterations are redone."""
 
     def __init__(self, path: str | Path | None, resume_iteration: int | None) -> None:
         self.path = Path(path) if path else None
@@ -286,6 +286,7 @@ def fit(
 
     def report(stage: TrainingStage, lr: float) -> None:
         nonlocal last_report_t, last_report_it
+        loss_log.flush()  # live loss curves; rows past a checkpoint are dropped again on resume
         if progress is None:
             return
         now = time.perf_counter()
@@ -354,7 +355,7 @@ def fit(
             loss_log.flush()
         report(stage, lr)
     except BaseException:
-        loss_log.rows = []  # rows after the last checkpoint would be redone on resume
+        loss_log.flush()  # rows after the last checkpoint are dropped on resume, so keeping them is safe
         model.train_mode(False)
         raise
     return TrainSummary(
