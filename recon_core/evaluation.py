@@ -61,14 +61,12 @@ def synthetic_test_set(goods: np.ndarray, paths: list[str], synth_config: Any, i
     rng = np.random.default_rng(SYNTH_EVAL_SEED)
     n = len(goods)
     half = max(1, n // 2)
+    # first half of the goods get a faint defect, the rest a medium one (a single good image gets both)
+    groups = (("faint", FAINT_OPACITY, np.arange(half)), ("medium", MEDIUM_OPACITY, np.arange(half if n > 1 else 0, n)))
     parts, masks, types, names = [], [], [], []
-    for label, (lo, hi), idx in (("faint", FAINT_OPACITY, np.arange(n)), ("medium", MEDIUM_OPACITY, np.arange(n))):
-        idx = idx[:half] if label == "faint" else idx[half:] if n > 1 else idx
-        if len(idx) == 0:
-            continue
+    for label, (lo, hi), idx in groups:
         cfg = dataclasses.replace(base, opacity_min=lo, opacity_max=hi, rotate_good_probability=0.0)
-        gen = DefectGenerator(cfg, image_size)
-        aug, m, _ = gen.augment(goods[idx], rng, force_defect=True)
+        aug, m, _ = DefectGenerator(cfg, image_size).augment(goods[idx], rng, force_defect=True)
         parts.append(aug)
         masks.append(m)
         types += [f"synthetic-{label}"] * len(idx)

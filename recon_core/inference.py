@@ -4,7 +4,6 @@ reported as that file's problem; it never stops the others."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
@@ -42,25 +41,20 @@ def predict_paths(
     size = loaded.model.config.image_size
     str_paths = [str(p) for p in paths]
     imageset = load_images(str_paths, size)
-    problems = {os.path.abspath(p.path): p.reason for p in imageset.problems}
-    problems.update({p.path: p.reason for p in imageset.problems})
+    problems = {p.path: p.reason for p in imageset.problems}
     maps: dict[str, np.ndarray] = {}
     images: dict[str, np.ndarray] = {}
     scores_by_path: dict[str, float] = {}
     if len(imageset):
         scores, pred_maps = predict_images(loaded, imageset.images)
         for p, s, m, img in zip(imageset.paths, scores, pred_maps, imageset.images, strict=True):
-            scores_by_path[str(p)] = float(s)
-            maps[str(p)] = m
-            images[str(p)] = img
+            scores_by_path[p] = float(s)
+            maps[p] = m
+            images[p] = img
     rows: list[dict[str, Any]] = []
-    for p in str_paths:
+    for p in str_paths:  # load_images keeps str(path) as given, so the input order is restored by name
         score = scores_by_path.get(p)
-        if score is None:
-            score = scores_by_path.get(os.path.abspath(p))
-        problem = None
-        if score is None:
-            problem = problems.get(p) or problems.get(os.path.abspath(p)) or "could not be read"
+        problem = None if score is not None else problems.get(p, "could not be read")
         verdict = None
         if score is not None and loaded.threshold is not None:
             verdict = verdicts(np.array([score]), loaded.threshold)[0]
