@@ -143,6 +143,7 @@ class _Payload:
         return (open, (self.target, "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_is_never_executed(saved, tmp_path):
     _, path = saved
     marker = tmp_path / "pwned.txt"

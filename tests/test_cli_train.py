@@ -14,7 +14,7 @@ from tiny_model import TinyConfig, TinyModel, make_mvtec, register_tiny, tiny_im
 from recon_core.bundle import load_bundle, save_bundle
 from recon_core.cli import main
 from recon_core.errors import ConfigError
-from recon_core.export import export_onnx
+from recon_core.export import export_bundle_zip, export_onnx
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +141,13 @@ def test_export_refused_for_models_without_onnx(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="export not supported"):
         export_onnx(path, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+    # the zip still works, without the ONNX file, and says why
+    info = export_bundle_zip(path, tmp_path / "m.zip")
+    assert not info["onnx"] and "model.onnx" not in info["files"]
+    assert (
+        "not included: model 'tiny': export not supported"
+        in zipfile.ZipFile(tmp_path / "m.zip").read("README.txt").decode()
+    )
 
 
 def test_export_parity_failure_is_refused(tmp_path, monkeypatch):

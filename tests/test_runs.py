@@ -177,3 +177,15 @@ def test_overlay_is_uint8_and_blends():
     assert out.dtype == np.uint8 and out.shape == (16, 16, 3)
     assert overlay(img, amap, alpha=0.0).max() == 0  # alpha 0: the image unchanged
     assert not np.array_equal(out[0, 0], out[15, 15])  # hot corner differs from cold corner
+
+
+def test_synthetic_test_set_from_one_good_image():
+    from tiny_model import tiny_images
+
+    from recon_core.evaluation import synthetic_test_set
+
+    ts = synthetic_test_set(tiny_images(1), ["a.png"], SynthConfig(texture_source="noise"), 32)
+    assert ts.labels.tolist() == [0, 1, 1] and ts.defect_types == ["good", "synthetic-faint", "synthetic-medium"]
+    assert ts.masks[0].sum() == 0 and ts.masks[1].sum() > 0 and ts.masks[2].sum() > 0
+    again = synthetic_test_set(tiny_images(1), ["a.png"], SynthConfig(texture_source="noise"), 32)
+    np.testing.assert_array_equal(ts.images, again.images)  # seeded: every run judged on the same defects
