@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark rows for the three baselines (autoencoder, GANomaly, AAE + Hotelling's T²), CPU preset.
-# Every timed run takes the shared lock /tmp/recon-bench.lock (one (model, category) group at a time, so other
-# engineers' runs can interleave). Rows are appended to benchmarks/results/baselines.{csv,json,md}.
+# Every timed run takes the shared lock /tmp/recon-bench.lock (one model's runs per hold, so other engineers'
+# runs can interleave between models). Rows are appended to benchmarks/results/baselines.{csv,json,md}.
 #
 #   bash benchmarks/run_baselines.sh            # all phases
 #   bash benchmarks/run_baselines.sh a          # 20 good images x seeds 0 1 2, every category
@@ -21,23 +21,19 @@ LOCK=/tmp/recon-bench.lock
 CATEGORIES=(mvtec_ad/bottle mvtec3d_ad/tire magnetic_tile/magnetic_tile aitex/fabric01)
 declare -A ITERS=([autoencoder]=300 [ganomaly]=400 [aae]=800)
 
-bench() {  # model category shots seeds...
-  local model=$1 category=$2 shots=$3
-  shift 3
-  flock "$LOCK" "$PY" -m recon_core bench --models "$model" --categories "$category" --shots "$shots" \
+bench() {  # model shots seeds...  (every category, one lock hold per model: ~5 min)
+  local model=$1 shots=$2
+  shift 2
+  flock "$LOCK" "$PY" -m recon_core bench --models "$model" --categories "${CATEGORIES[@]}" --shots "$shots" \
     --seeds "$@" --iterations "${ITERS[$model]}" --preset cpu --out "$OUT" --name "$NAME" --tag "baselines"
 }
 
 phase_a() {
-  for model in autoencoder ganomaly aae; do
-    for category in "${CATEGORIES[@]}"; do bench "$model" "$category" 20 0 1 2; done
-  done
+  for model in autoencoder ganomaly aae; do bench "$model" 20 0 1 2; done
 }
 
 phase_b() {
-  for model in autoencoder ganomaly aae; do
-    for category in "${CATEGORIES[@]}"; do bench "$model" "$category" 50 0; done
-  done
+  for model in autoencoder ganomaly aae; do bench "$model" 50 0; done
 }
 
 phase_c() {  # RunSpec.labelled_defects through the same bench runner (its run-spec seam); k shown as 'overrides'
