@@ -365,15 +365,16 @@ class JobStore:
     def _init_schema(self) -> None:
         try:
             conn = self._conn()
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ReconError(f"{self.db_path}: made by a newer Recon Studio (schema {version}); upgrade")
+            if version == SCHEMA_VERSION:
+                return  # the usual case: no write lock needed to open a store
             with self._write() as c:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         c.execute(statement)
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                elif version > SCHEMA_VERSION:
-                    raise ReconError(f"{self.db_path}: made by a newer Recon Studio (schema {version}); upgrade")
+                c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise ReconError(f"{self.db_path}: cannot open the job database ({exc})") from exc
 
@@ -996,8 +997,9 @@ def _install_disk_full_fault() -> None:
     original = torch.save
 
     def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
-        if "checkpoint" in os.path.basename(str(f)):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        name = str(getattr(f, "name", f))  # a path or an open file (bundle.atomic_torch_save writes a temp file)
+        if "checkpoint" in os.path.basename(name):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
         return original(obj, f, *args, **kwargs)
 
     torch.save = save
