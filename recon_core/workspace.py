@@ -1,0 +1,627 @@
+"""Projects in a workspace folder: imported images, the train / held-out split, the defect design, runs.
+
+A project folder is an MVTec-layout data set, so `images.load_dataset` and `runs.execute_run` read it directly:
+
+    <ws>/<project>/project.json            name, split settings, the validation report of every imported file
+    <ws>/<project>/goods/                   every accepted good image (copied in; the pool the split draws from)
+    <ws>/<project>/data/train/good/         training goods   (copies of goods/, re-made by `split`)
+    <ws>/<project>/data/test/good/          held-out goods   (seeded, 20 %, at least 2)
+    <ws>/<project>/data/test/defect/        real defect images (optional)
+    <ws>/<project>/data/ground_truth/defect/<stem>_mask.png
+    <ws>/<project>/synth.json               the defect design (SynthConfig)
+    <ws>/<project>/textures/                uploaded textures (texture_source "folder")
+    <ws>/<project>/runs/<job_id>/           runs, written by the job workers
+    <ws>/jobs.sqlite                        the job store (recon_core.jobs)
+
+Imports always COPY files into the project (never reference), so a project survives its sources moving.
+Uploads are untrusted: size and count limits per file, and zip archives are unpacked defensively
+(`safe_extract_zip`). No Streamlit here: the pages call these functions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from recon_core.config import from_dict, load_json, save_json, to_dict
+from recon_core.errors import ConfigError, DataError, ImageError
+from recon_core.images import SUPPORTED_SUFFIXES, is_mvtec_layout, list_images
+from recon_core.synth import SynthConfig
+
+PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # same rule as the job store's project names
+MAX_FILE_BYTES = 25 * 1024 * 1024  # one uploaded image
+MAX_FILES = 500  # images in one import
+MAX_ZIP_MEMBERS = 2000  # entries in one archive (directories included)
+MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024  # declared AND actually written uncompressed bytes
+MAX_ZIP_RATIO = 200.0  # uncompressed / compressed per member: higher is a bomb
+HOLDOUT_SHARE = 0.2
+HOLDOUT_MIN = 2
+MIN_GOODS = 10  # fewer: a warning (training still works, evaluation is thin)
+MAX_GOODS_ADVICE = 50
+
+
+def workspace_root(path: str | os.PathLike | None = None) -> Path:
+    """The given folder, else $RECON_WORKSPACE, else ./workspace (created)."""
+    root = Path(path or os.environ.get("RECON_WORKSPACE") or "workspace").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass
+class FileReport:
+    """What happened to one imported file."""
+
+    name: str
+    kind: str  # "good" | "defect" | "mask" | "texture"
+    status: str  # "kept" | "refused" | "ignored"
+    reason: str = ""
+    size: tuple[int, int] | None = None  # (width, height) of kept images
+
+
+@dataclass
+class ImportReport:
+    files: list[FileReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kept(self) -> list[FileReport]:
+        return [f for f in self.files if f.status == "kept"]
+
+    @property
+    def refused(self) -> list[FileReport]:
+        return [f for f in self.files if f.status != "kept"]
+
+
+@dataclass
+class Project:
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def goods_dir(self) -> Path:
+        return self.root / "goods"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.data_dir / "train" / "good"
+
+    @property
+    def test_good_dir(self) -> Path:
+        return self.data_dir / "test" / "good"
+
+    @property
+    def defect_dir(self) -> Path:
+        return self.data_dir / "test" / "defect"
+
+    @property
+    def mask_dir(self) -> Path:
+        return self.data_dir / "ground_truth" / "defect"
+
+    @property
+    def textures_dir(self) -> Path:
+        return self.root / "textures"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def workspace(self) -> Path:
+        return self.root.parent
+
+    # ---- state ------------------------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        path = self.root / "project.json"
+        return load_json(path) if path.is_file() else {}
+
+    def save_meta(self, meta: dict[str, Any]) -> None:
+        save_json(self.root / "project.json", meta)
+
+    def goods(self) -> list[Path]:
+        return list_images(self.goods_dir) if self.goods_dir.is_dir() else []
+
+    def train_goods(self) -> list[Path]:
+        return list_images(self.train_dir) if self.train_dir.is_dir() else []
+
+    def test_goods(self) -> list[Path]:
+        return list_images(self.test_good_dir) if self.test_good_dir.is_dir() else []
+
+    def defects(self) -> list[tuple[Path, Path | None]]:
+        """Real defect images with their mask (None when none was given)."""
+        if not self.defect_dir.is_dir():
+            return []
+        out = []
+        for img in list_images(self.defect_dir):
+            mask = self.mask_dir / f"{img.stem}_mask.png"
+            out.append((img, mask if mask.is_file() else None))
+        return out
+
+    def report(self) -> list[dict[str, Any]]:
+        return list(self.meta().get("report", []))
+
+    def load_synth(self) -> SynthConfig:
+        path = self.root / "synth.json"
+        if not path.is_file():
+            return SynthConfig()
+        return from_dict(SynthConfig, load_json(path), where=str(path))
+
+    def save_synth(self, config: SynthConfig) -> None:
+        save_json(self.root / "synth.json", config)
+
+    def warnings(self) -> list[str]:
+        """Things the user should know before training (too few images, mixed sizes, no held-out goods)."""
+        out = []
+        n = len(self.goods())
+        if n == 0:
+            out.append("No good images yet: upload 10-50 images of the product without defects.")
+        elif n < MIN_GOODS:
+            out.append(f"Only {n} good images: {MIN_GOODS}-{MAX_GOODS_ADVICE} are recommended.")
+        sizes = {tuple(r["size"]) for r in self.report() if r.get("status") == "kept" and r.get("size")}
+        if len(sizes) > 1:
+            shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:5])
+            out.append(f"Mixed image sizes ({shown}): all images are stretched to the model's square size.")
+        if n and len(self.test_goods()) < HOLDOUT_MIN:
+            out.append("Fewer than 2 held-out good images: evaluation numbers will be unreliable.")
+        missing = [p.name for p, m in self.defects() if m is None]
+        if missing:
+            out.append(f"{len(missing)} defect image(s) without a mask: pixel metrics use only masked ones.")
+        return out
+
+    def counts(self) -> dict[str, int]:
+        report = self.report()
+        return {
+            "goods": len(self.goods()),
+            "train": len(self.train_goods()),
+            "held_out": len(self.test_goods()),
+            "defects": len(self.defects()),
+            "refused": sum(1 for r in report if r.get("status") == "refused"),
+        }
+
+    def run_dirs(self) -> list[Path]:
+        """Run folders, newest first (including runs started from the CLI into this folder)."""
+        if not self.runs_dir.is_dir():
+            return []
+        dirs = [p for p in self.runs_dir.iterdir() if p.is_dir()]
+        return sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def finished_runs(self) -> list[Path]:
+        return [p for p in self.run_dirs() if (p / "model.pt").is_file()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Projects
+
+
+def check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not PROJECT_RE.match(name):
+        raise ConfigError(
+            f"project name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def list_projects(workspace: str | os.PathLike | None = None) -> list[str]:
+    root = workspace_root(workspace)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "project.json").is_file())
+
+
+def create_project(workspace: str | os.PathLike | None, name: str, *, exist_ok: bool = False) -> Project:
+    root = workspace_root(workspace) / check_name(name)
+    if (root / "project.json").is_file():
+        if not exist_ok:
+            raise ConfigError(f"project {name!r} already exists in {root.parent}")
+        return Project(root)
+    for sub in ("goods", "data/train/good", "data/test/good"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    project = Project(root)
+    project.save_meta({"name": name, "created": time.time(), "seed": 0, "holdout": HOLDOUT_SHARE, "report": []})
+    project.save_synth(SynthConfig())
+    return project
+
+
+def open_project(workspace: str | os.PathLike | None, name: str) -> Project:
+    root = workspace_root(workspace) / check_name(name)
+    if not (root / "project.json").is_file():
+        raise DataError(f"project {name!r} not found in {root.parent}")
+    return Project(root)
+
+
+def delete_project(project: Project) -> None:
+    shutil.rmtree(project.root)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Split
+
+
+def split_counts(n: int, share: float = HOLDOUT_SHARE, minimum: int = HOLDOUT_MIN) -> int:
+    """How many of n goods are held out: round(share * n), at least `minimum`, leaving at least 1 to train on."""
+    if n <= 1:
+        return 0
+    return int(min(n - 1, max(minimum, round(share * n))))
+
+
+def split(project: Project, *, seed: int | None = None, share: float | None = None) -> dict[str, int]:
+    """(Re)make data/train/good and data/test/good from goods/ with a seeded permutation. Deterministic."""
+    meta = project.meta()
+    seed = int(meta.get("seed", 0) if seed is None else seed)
+    share = float(meta.get("holdout", HOLDOUT_SHARE) if share is None else share)
+    if not 0.0 <= share < 1.0:
+        raise ConfigError(f"held-out share must be in [0, 1), got {share}")
+    goods = project.goods()
+    n_test = split_counts(len(goods), share)
+    order = np.random.default_rng(seed).permutation(len(goods))
+    test = {goods[i].name for i in order[:n_test]}
+    for folder in (project.train_dir, project.test_good_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for path in goods:
+        shutil.copy2(path, (project.test_good_dir if path.name in test else project.train_dir) / path.name)
+    meta.update(seed=seed, holdout=share)
+    project.save_meta(meta)
+    return {"train": len(goods) - n_test, "held_out": n_test}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Safe unpacking of uploads
+
+
+def _member_is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _safe_member_name(name: str) -> str | None:
+    """The member's relative path, or None when it is absolute or climbs out (../)."""
+    if not name or "\x00" in name:
+        return None
+    norm = name.replace("\\", "/")
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
+        return None
+    parts = PurePosixPath(norm).parts
+    if any(part == ".." for part in parts):
+        return None
+    return "/".join(p for p in parts if p not in ("", "."))
+
+
+def safe_extract_zip(
+    data: bytes | str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    max_members: int = MAX_ZIP_MEMBERS,
+    max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
+    max_ratio: float = MAX_ZIP_RATIO,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> tuple[list[Path], list[str]]:
+    """Unpack the image files of a zip archive into `dest` (flat: folder names are dropped, clashes renamed).
+
+    Refuses the whole archive (DataError) when it has too many entries, an entry with an absolute path or '..',
+    a symlink, a declared or actual uncompressed total above the limit, or an entry compressed more than
+    `max_ratio` times (zip bomb). Nested archives and non-image files are skipped with a note.
+    Returns (extracted paths, notes)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"not a valid zip archive ({exc})") from exc
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > max_members:
+            raise DataError(f"zip has {len(infos)} entries; at most {max_members} are accepted")
+        declared = 0
+        for info in infos:
+            if _safe_member_name(info.filename) is None:
+                raise DataError(f"zip entry {info.filename!r}: absolute path or '..' — archive refused")
+            if _member_is_symlink(info):
+                raise DataError(f"zip entry {info.filename!r} is a symbolic link — archive refused")
+            declared += info.file_size
+            if info.file_size > 1024 and info.file_size > max_ratio * max(info.compress_size, 1):
+                raise DataError(
+                    f"zip entry {info.filename!r} is compressed {info.file_size / max(info.compress_size, 1):.0f}x — looks like a zip bomb, archive refused"
+                )
+        if declared > max_total_bytes:
+            raise DataError(f"zip unpacks to {declared / 1e6:.0f} MB; at most {max_total_bytes / 1e6:.0f} MB accepted")
+        written_total = 0
+        out: list[Path] = []
+        for info in infos:
+            if info.is_dir():
+                continue
+            rel = _safe_member_name(info.filename) or ""
+            base = PurePosixPath(rel).name
+            if base.startswith(".") or "__MACOSX" in rel:
+                continue
+            suffix = PurePosixPath(base).suffix.lower()
+            if suffix in (".zip", ".tar", ".gz", ".tgz", ".7z", ".rar"):
+                notes.append(f"{rel}: nested archive ignored (unpack it first)")
+                continue
+            if suffix not in SUPPORTED_SUFFIXES:
+                notes.append(f"{rel}: not an image file ({suffix or 'no suffix'}), ignored")
+                continue
+            if info.file_size > max_file_bytes:
+                notes.append(f"{rel}: {info.file_size / 1e6:.1f} MB is above the {max_file_bytes / 1e6:.0f} MB limit")
+                continue
+            target = _unique(dest / _clean_filename(base))
+            written = 0
+            # stream with a hard cap: the header's sizes may lie
+            with archive.open(info) as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 16):
+                    written += len(chunk)
+                    written_total += len(chunk)
+                    if written > max_file_bytes or written_total > max_total_bytes:
+                        dst.close()
+                        target.unlink(missing_ok=True)
+                        raise DataError(f"zip entry {rel!r} unpacks to more than its declared size — archive refused")
+                    dst.write(chunk)
+            out.append(target)
+    return out, notes
+
+
+def _clean_filename(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(name.replace("\\", "/")).name).strip("._")
+    return name or "image"
+
+
+def _unique(path: Path) -> Path:
+    if not path.exists():
+        return path
+    for i in range(1, 100_000):
+        candidate = path.with_name(f"{path.stem}_{i}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise DataError(f"{path}: too many files with this name")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Imports
+
+
+def _validate(path: Path) -> tuple[int, int]:
+    """(width, height) of a readable image; ImageError otherwise (the same checks the loaders apply)."""
+    from recon_core.images import _read  # one implementation of "is this a usable image"
+
+    img = _read(path)
+    return img.size
+
+
+def _record(project: Project, report: ImportReport) -> None:
+    meta = project.meta()
+    rows = [r for r in meta.get("report", [])]
+    rows.extend(
+        {"name": f.name, "kind": f.kind, "status": f.status, "reason": f.reason, "size": f.size} for f in report.files
+    )
+    meta["report"] = rows[-2000:]  # bounded: the report is shown, not an archive
+    project.save_meta(meta)
+
+
+def _stage_uploads(files: list[tuple[str, bytes]], staging: Path, report: ImportReport) -> list[tuple[str, Path]]:
+    """Write uploaded files (and unpack zips) to staging; returns (display name, staged path)."""
+    staged: list[tuple[str, Path]] = []
+    for name, data in files:
+        shown = _clean_filename(name)
+        if name.lower().endswith(".zip"):
+            try:
+                paths, notes = safe_extract_zip(data, staging / f"zip_{len(staged)}")
+            except DataError as exc:
+                report.files.append(FileReport(shown, "archive", "refused", str(exc)))
+                continue
+            report.notes.extend(f"{shown}: {n}" for n in notes)
+            staged.extend((f"{shown}/{p.name}", p) for p in paths)
+            continue
+        if len(data) > MAX_FILE_BYTES:
+            report.files.append(FileReport(shown, "image", "refused", f"{len(data) / 1e6:.1f} MB is above the limit"))
+            continue
+        if Path(shown).suffix.lower() not in SUPPORTED_SUFFIXES:
+            report.files.append(FileReport(shown, "image", "refused", "not a supported image type"))
+            continue
+        target = _unique(staging / shown)
+        target.write_bytes(data)
+        staged.append((shown, target))
+    return staged
+
+
+def _add_goods(project: Project, sources: list[tuple[str, Path]], report: ImportReport, move: bool) -> None:
+    if len(sources) > MAX_FILES:
+        report.notes.append(f"{len(sources)} files given; only the first {MAX_FILES} were imported")
+        sources = sources[:MAX_FILES]
+    project.goods_dir.mkdir(parents=True, exist_ok=True)
+    for shown, src in sources:
+        try:
+            size = _validate(src)
+        except ImageError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            report.files.append(FileReport(shown, "good", "refused", reason))
+            continue
+        target = _unique(project.goods_dir / _clean_filename(src.name))
+        (shutil.move if move else shutil.copy2)(src, target)
+        report.files.append(FileReport(shown, "good", "kept", f"as {target.name}", tuple(int(v) for v in size)))
+
+
+def import_uploads(project: Project, files: list[tuple[str, bytes]]) -> ImportReport:
+    """Good images uploaded as (file name, bytes): single images and/or zip archives. Re-splits the project."""
+    report = ImportReport()
+    if not files:
+        raise DataError("no files given")
+    if len(files) > MAX_FILES:
+        raise DataError(f"{len(files)} files uploaded at once; at most {MAX_FILES}")
+    staging = project.root / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        staged = _stage_uploads(files, staging, report)
+        _add_goods(project, staged, report, move=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _finish_import(project, report)
+    return report
+
+
+def import_folder(project: Project, folder: str | os.PathLike, *, max_defects: int = 20) -> ImportReport:
+    """Copy the images of a folder on disk, or of an MVTec-layout category (train/good + test/good as goods,
+    up to `max_defects` test defects with their masks)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    report = ImportReport()
+    if is_mvtec_layout(folder):
+        sources = list_images(folder / "train" / "good")
+        if (folder / "test" / "good").is_dir():
+            sources += list_images(folder / "test" / "good")
+        _add_goods(project, [(str(p.relative_to(folder)), p) for p in sources], report, move=False)
+        defects = []
+        for sub in sorted(p for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good"):
+            for img in list_images(sub):
+                defects.append((sub.name, img))
+        step = max(1, len(defects) // max_defects) if defects else 1
+        for kind, img in defects[::step][:max_defects]:
+            mask = folder / "ground_truth" / kind / f"{img.stem}_mask.png"
+            _add_defect_file(project, img, mask if mask.is_file() else None, report, prefix=f"{kind}_")
+    else:
+        sources = list_images(folder)
+        if not sources:
+            raise DataError(f"{folder}: no images ({', '.join(SUPPORTED_SUFFIXES)}) in this folder")
+        _add_goods(project, [(p.name, p) for p in sources], report, move=False)
+    _finish_import(project, report)
+    return report
+
+
+def _finish_import(project: Project, report: ImportReport) -> None:
+    from recon_core.images import find_duplicates
+
+    dups = find_duplicates(project.goods())
+    for group in dups:
+        report.notes.append("identical files: " + ", ".join(Path(p).name for p in group))
+    _record(project, report)
+    split(project)
+
+
+def _add_defect_file(project: Project, image: Path, mask: Path | None, report: ImportReport, prefix: str = "") -> None:
+    from recon_core.images import load_mask
+
+    try:
+        width, height = _validate(image)
+    except ImageError as exc:
+        report.files.append(FileReport(image.name, "defect", "refused", str(exc).split(": ", 1)[-1]))
+        return
+    mask_arr = None
+    if mask is not None:
+        try:
+            mw, mh = _validate(mask)
+            if (mw, mh) != (width, height):
+                raise ImageError(f"{mask.name}: mask is {mw}x{mh}, image is {width}x{height}")
+            mask_arr = load_mask(mask)
+        except ImageError as exc:
+            report.files.append(FileReport(image.name, "defect", "refused", str(exc).split(": ", 1)[-1]))
+            return
+    project.defect_dir.mkdir(parents=True, exist_ok=True)
+    project.mask_dir.mkdir(parents=True, exist_ok=True)
+    target = _unique(project.defect_dir / (prefix + _clean_filename(image.name)))
+    shutil.copy2(image, target)
+    if mask_arr is not None:
+        from PIL import Image
+
+        Image.fromarray((mask_arr > 0.5).astype(np.uint8) * 255).save(project.mask_dir / f"{target.stem}_mask.png")
+    note = "with mask" if mask_arr is not None else "no mask"
+    report.files.append(FileReport(image.name, "defect", "kept", f"as {target.name} ({note})", (width, height)))
+
+
+def add_defect(project: Project, image: tuple[str, bytes], mask: tuple[str, bytes] | None = None) -> ImportReport:
+    """One real defect image (and optionally its binary mask, same size) uploaded as (name, bytes)."""
+    report = ImportReport()
+    staging = project.root / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for _, data in (image, mask) if mask else (image,):
+            if len(data) > MAX_FILE_BYTES:
+                raise DataError(f"{image[0]}: {len(data) / 1e6:.1f} MB is above the limit")
+        img_path = staging / _clean_filename(image[0])
+        img_path.write_bytes(image[1])
+        mask_path = None
+        if mask is not None:
+            mask_path = staging / ("mask_" + _clean_filename(mask[0]))
+            mask_path.write_bytes(mask[1])
+        _add_defect_file(project, img_path, mask_path, report)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _record(project, report)
+    return report
+
+
+def remove_image(project: Project, name: str) -> None:
+    """Remove one good image (by file name) and re-split."""
+    target = project.goods_dir / _clean_filename(name)
+    if not target.is_file():
+        raise DataError(f"{name}: not an image of project {project.name}")
+    target.unlink()
+    split(project)
+
+
+def save_textures(project: Project, files: list[tuple[str, bytes]]) -> ImportReport:
+    """Uploaded texture images (or a zip of them) into <project>/textures for texture_source 'folder'."""
+    report = ImportReport()
+    staging = project.root / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for shown, src in _stage_uploads(files, staging, report):
+            try:
+                size = _validate(src)
+            except ImageError as exc:
+                report.files.append(FileReport(shown, "texture", "refused", str(exc).split(": ", 1)[-1]))
+                continue
+            project.textures_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, _unique(project.textures_dir / _clean_filename(src.name)))
+            report.files.append(FileReport(shown, "texture", "kept", "", tuple(int(v) for v in size)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """A row for the runs table from the files a run leaves (spec.json, metrics.json)."""
+    row: dict[str, Any] = {"run": run_dir.name, "finished": (run_dir / "model.pt").is_file()}
+    try:
+        spec = json.loads((run_dir / "spec.json").read_text())
+        row.update(model=spec.get("model"), preset=spec.get("preset"), name=spec.get("name"))
+    except (OSError, ValueError):
+        pass
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        for key in ("image_auroc", "pixel_auroc", "aupro", "iterations", "train_seconds"):
+            row[key] = metrics.get(key)
+    except (OSError, ValueError):
+        pass
+    return row
+
+
+def eval_cache(run_dir: Path) -> Path:
+    """Where the app caches its evaluation of a run on the project's current test images."""
+    return Path(run_dir) / "eval_app"
+
+
+def synth_to_dict(config: SynthConfig) -> dict[str, Any]:
+    return to_dict(config)
