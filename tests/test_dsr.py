@@ -310,3 +310,14 @@ def test_presets_build():
         assert isinstance(config, DsrConfig)
     assert Dsr.default_preset in Dsr.presets
     assert get_model_class("dsr") is Dsr
+
+
+def test_onnx_export_matches_torch(trained_tiny, tmp_path):
+    from recon_core.bundle import save_bundle
+    from recon_core.export import export_onnx
+
+    model, _ = trained_tiny
+    save_bundle(tmp_path / "model.pt", model, synth_config=SynthConfig())
+    info = export_onnx(tmp_path / "model.pt", tmp_path / "model.onnx")  # checks onnxruntime parity itself
+    assert info["parity"] == "ok"
+    assert info["outputs"]["anomaly_map"] == ["batch", 32, 32]
