@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recon_core.demo import write_demo_dataset  # noqa: E402
+from recon_core.demo import write_demo_dataset
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

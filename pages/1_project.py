@@ -1,0 +1,123 @@
+"""Project & data: create/open a project, import good images (files, zip, folder, MVTec category), add real
+defects with masks, see every file's validation result, the split and the warnings."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages._ui import current_project, guarded, remember, thumbs, ws
+from recon_core.workspace import add_defect, create_project, import_folder, import_uploads, split
+
+
+def _show_report(report) -> None:
+    kept, refused = len(report.kept), len(report.refused)
+    (st.success if not refused else st.warning)(f"Imported {kept} file(s); refused {refused}.")
+    for f in report.refused:
+        st.error(f"{f.name}: {f.reason}")
+    for note in report.notes:
+        st.info(note)
+
+
+def new_project_form() -> None:
+    with st.form("new_project", clear_on_submit=True):
+        name = st.text_input("New project name", placeholder="e.g. washer-line-3", key="new_project_name")
+        if st.form_submit_button("Create project"):
+            project = create_project(ws(), name)
+            remember(project=project.name)
+            st.success(f"Project {project.name} created.")
+            st.rerun()
+
+
+def body() -> None:
+    st.title("Project & data")
+    project = current_project()
+    with st.expander("New project", expanded=project is None):
+        new_project_form()
+    if project is None:
+        return
+    counts = project.counts()
+    st.subheader(f"Project `{project.name}`")
+    c = st.columns(5)
+    c[0].metric("Good images", counts["goods"])
+    c[1].metric("Training goods", counts["train"])
+    c[2].metric("Held-out goods", counts["held_out"])
+    c[3].metric("Real defects", counts["defects"])
+    c[4].metric("Refused files", counts["refused"])
+    for warning in project.warnings():
+        st.warning(warning)
+
+    st.markdown("#### Add good images")
+    st.caption("Imports **copy** the files into the project folder; the originals are not referenced afterwards.")
+    tab_up, tab_folder = st.tabs(["Upload files or a zip", "Folder on disk / MVTec category"])
+    with tab_up:
+        files = st.file_uploader(
+            "Good images (PNG/JPG/…, or a .zip of them)",
+            type=["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "zip"],
+            accept_multiple_files=True,
+            key="upload_goods",
+        )
+        if st.button("Import uploaded files", key="import_uploads", disabled=not files):
+            with st.spinner("Checking and copying images…"):
+                _show_report(import_uploads(project, [(f.name, f.getvalue()) for f in files]))
+    with tab_folder:
+        folder = st.text_input(
+            "Folder path (plain folder of images, or an MVTec-layout category with train/good)", key="import_folder"
+        )
+        if st.button("Import folder", key="import_folder_button", disabled=not folder):
+            with st.spinner("Checking and copying images…"):
+                _show_report(import_folder(project, folder))
+
+    st.markdown("#### Real defect images (optional)")
+    st.caption("A few real defects with binary masks (white = defect, same size as the image) make evaluation honest.")
+    d1, d2 = st.columns(2)
+    defect_file = d1.file_uploader(
+        "Defect image", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], key="upload_defect"
+    )
+    mask_file = d2.file_uploader("Its mask (optional)", type=["png", "bmp", "tif", "tiff"], key="upload_mask")
+    if st.button("Add defect", key="add_defect", disabled=defect_file is None):
+        mask = (mask_file.name, mask_file.getvalue()) if mask_file is not None else None
+        _show_report(add_defect(project, (defect_file.name, defect_file.getvalue()), mask))
+
+    st.markdown("#### Split")
+    meta = project.meta()
+    s1, s2, s3 = st.columns([1, 1, 1])
+    share = s1.slider("Held-out share of goods", 0.1, 0.5, float(meta.get("holdout", 0.2)), 0.05, key="holdout_share")
+    seed = s2.number_input("Split seed", 0, 10_000, int(meta.get("seed", 0)), key="split_seed")
+    s3.write("")
+    if s3.button("Re-split", key="resplit"):
+        result = split(project, seed=int(seed), share=float(share))
+        st.success(f"{result['train']} training goods, {result['held_out']} held out (at least 2).")
+
+    st.markdown("#### Images")
+    t_train, t_test, t_def, t_report = st.tabs(
+        [
+            f"Training goods ({counts['train']})",
+            f"Held-out goods ({counts['held_out']})",
+            f"Defects ({counts['defects']})",
+            "Validation report",
+        ]
+    )
+    with t_train:
+        thumbs(project.train_goods())
+    with t_test:
+        thumbs(project.test_goods())
+    with t_def:
+        for img, mask in project.defects()[:24]:
+            a, b, _ = st.columns([1, 1, 4])
+            a.image(str(img), caption=img.name, width=140)
+            if mask is not None:
+                b.image(str(mask), caption="mask", width=140)
+            else:
+                b.caption("no mask")
+    with t_report:
+        rows = project.report()
+        if rows:
+            df = pd.DataFrame(rows)[["name", "kind", "status", "reason", "size"]]
+            df["size"] = df["size"].map(lambda s: f"{s[0]}x{s[1]}" if s else "")
+            st.dataframe(df, hide_index=True, width="stretch", key="report_table")
+        else:
+            st.caption("Nothing imported yet.")
+
+
+guarded(body)

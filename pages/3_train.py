@@ -1,0 +1,182 @@
+"""Train: pick model, preset, budget and device; start a background job; watch progress, ETA and losses;
+cancel / resume; the project's runs. All state is in the workspace's job store (SQLite), so closing the tab or
+restarting the app loses nothing."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages._ui import guarded, recall, remember, require_project, run_label, store
+from recon_core.device import available_devices
+from recon_core.models import get_model_class, model_names
+from recon_core.runs import RunSpec
+
+POLL_S = 2.0
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
+
+
+def start_form(project) -> None:
+    main = model_names(include_advanced=False)
+    advanced = [m for m in model_names() if m not in main]
+    c1, c2 = st.columns(2)
+    with c1:
+        model = st.selectbox("Model", main, key="train_model", format_func=str.upper)
+        with st.expander("Advanced: baselines"):
+            use_baseline = st.checkbox("Train a baseline instead", key="use_baseline")
+            baseline = st.selectbox("Baseline", advanced, key="train_baseline")
+        if use_baseline:
+            model = baseline
+        cls = get_model_class(model)
+        if cls.description:
+            st.caption(cls.description)
+        presets = list(cls.presets)
+        preset = st.selectbox(
+            "Preset",
+            presets,
+            index=presets.index(cls.default_preset) if cls.default_preset in presets else 0,
+            key="train_preset",
+        )
+    with c2:
+        budget_kind = st.radio("Budget", ["minutes", "iterations"], horizontal=True, key="budget_kind")
+        if budget_kind == "minutes":
+            amount = st.number_input("Minutes", 0.5, 24 * 60.0, 5.0, 0.5, key="budget_minutes")
+        else:
+            amount = st.number_input("Iterations", 1, 1_000_000, 500, 50, key="budget_iterations")
+        device = st.selectbox("Device", ["auto", *available_devices()], key="train_device")
+        warm = [r for r in project.finished_runs() if (r / "spec.json").is_file()]
+        init = st.selectbox(
+            "Warm start from",
+            [None, *warm],
+            key="init_from",
+            format_func=lambda r: "— (from scratch)" if r is None else run_label(r),
+        )
+        name = st.text_input("Run name (optional)", key="run_name")
+    synth = project.load_synth()
+    st.caption(
+        f"Defect design: synth.json (opacity {synth.opacity_min}–{synth.opacity_max}, textures "
+        f"{synth.texture_source}); {len(project.train_goods())} training goods."
+    )
+    if st.button("Start training", type="primary", key="start_training", disabled=not project.train_goods()):
+        spec = RunSpec(
+            data=str(project.data_dir),
+            model=model,
+            preset=preset,
+            synth=synth,
+            device=device,
+            iterations=int(amount) if budget_kind == "iterations" else None,
+            minutes=float(amount) if budget_kind == "minutes" else None,
+            init_from=str(init / "model.pt") if init is not None else None,
+            name=name or None,
+        )
+        job_id = store().submit(spec, project=project.name)
+        remember(**{f"job:{project.name}": job_id})
+        st.success(f"Queued job {job_id}. It runs in the background; you can close this tab.")
+
+
+def loss_chart(rows: list[dict]) -> go.Figure | None:
+    points = [(r["iteration"], k, v) for r in rows if r.get("iteration") for k, v in (r.get("losses") or {}).items()]
+    if not points:
+        return None
+    df = pd.DataFrame(points, columns=["iteration", "loss", "value"])
+    fig = go.Figure()
+    for name, part in df.groupby("loss"):
+        fig.add_trace(go.Scatter(x=part["iteration"], y=part["value"], name=str(name), mode="lines"))
+    fig.update_layout(
+        height=300,
+        margin=dict(l=10, r=10, t=30, b=10),
+        title="Training losses",
+        xaxis_title="iteration",
+        yaxis_type="log",
+    )
+    return fig
+
+
+@st.fragment(run_every=POLL_S)
+def job_panel(project_name: str) -> None:
+    jobs = store().list_jobs(project_name)
+    if not jobs:
+        st.info("No runs yet in this project.")
+        return
+    table = pd.DataFrame(
+        [
+            {
+                "job": j.id,
+                "name": j.spec.get("name") or "",
+                "model": j.model,
+                "state": j.state,
+                "progress": round(100 * j.fraction),
+                "iteration": j.iteration,
+                "elapsed": _fmt_s(j.elapsed_s),
+                "ETA": _fmt_s(j.eta_s) if j.is_active else "",
+                "error": (j.error or "")[:80],
+                "created": time.strftime("%H:%M:%S", time.localtime(j.created_at)),
+            }
+            for j in jobs
+        ]
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        key="jobs_table",
+        column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100)},
+    )
+    ids = [j.id for j in jobs]
+    saved = recall(f"job:{project_name}")
+    job_id = st.selectbox(
+        "Job",
+        ids,
+        index=ids.index(saved) if saved in ids else 0,
+        key="job_select",
+        format_func=lambda i: f"{i} · {next(j for j in jobs if j.id == i).state}",
+    )
+    job = store().get(job_id)
+    st.progress(
+        job.fraction,
+        text=f"{job.state} · {job.stage or ''} · iteration {job.iteration or 0}"
+        f"/{job.total_iterations or '?'} · ETA {_fmt_s(job.eta_s) if job.is_active else '—'}",
+    )
+    if job.state == "queued" and job.queue_position:
+        st.caption(f"Waiting: position {job.queue_position} on {job.device_slot}.")
+    if job.error:
+        st.error(job.error)
+    b1, b2, _ = st.columns([1, 1, 4])
+    if b1.button("Cancel", key="cancel_job", disabled=not job.is_active):
+        store().cancel(job.id)
+        st.rerun()
+    if b2.button("Resume", key="resume_job", disabled=not job.can_resume):
+        store().resume(job.id)
+        st.rerun()
+    fig = loss_chart(store().progress_rows(job.id))
+    if fig is not None:
+        st.plotly_chart(fig, key=f"loss_{job.id}")
+    if job.result:
+        st.json(job.result, expanded=False)
+    with st.expander("Log"):
+        st.code(store().logs(job.id, tail=40) or "(empty)")
+
+
+def body() -> None:
+    st.title("Train")
+    project = require_project()
+    with st.expander("Start a new run", expanded=True):
+        start_form(project)
+    st.subheader("Runs")
+    job_panel(project.name)
+
+
+guarded(body)

@@ -1,0 +1,140 @@
+"""Evaluate: a run on the project's test images (held-out goods + real defects, else synthetic defects):
+metrics, ROC / PR curves, score histogram, per-image table and heatmap overlays. Cached in the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages._ui import bundle, cached_eval, guarded, pick_run, require_project, to_uint8
+from recon_core import metrics
+from recon_core.evaluation import evaluate_bundle, save_eval, synthetic_test_set
+from recon_core.images import load_image, load_images
+from recon_core.inference import overlay
+from recon_core.workspace import eval_cache
+
+
+@st.cache_data(show_spinner="Loading images…", max_entries=4)
+def eval_images(run_dir: str, stamp: float) -> np.ndarray:
+    """The evaluated images, rebuilt from the files (synthetic defects are re-made with the same seed)."""
+    loaded = bundle(Path(run_dir))
+    result, _ = cached_eval(Path(run_dir))
+    size = loaded.model.config.image_size
+    if not result.synthetic:
+        return np.stack([load_image(p, size) for p in result.paths])
+    good_paths = [p for p, y in zip(result.paths, result.labels, strict=True) if y == 0]
+    goods = load_images(good_paths, size).images
+    return synthetic_test_set(goods, good_paths, loaded.synth_config, size).images
+
+
+def curves(result) -> None:
+    c1, c2, c3 = st.columns(3)
+    if len(set(result.labels.tolist())) == 2:
+        roc = metrics.roc_points(result.labels, result.scores)
+        fig = go.Figure(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name="ROC"))
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="chance"))
+        fig.update_layout(
+            title="ROC",
+            xaxis_title="false-alarm rate",
+            yaxis_title="detection rate",
+            height=320,
+            margin=dict(l=10, r=10, t=40, b=10),
+            showlegend=False,
+        )
+        c1.plotly_chart(fig, key="roc_chart")
+        pr = metrics.pr_points(result.labels, result.scores)
+        fig = go.Figure(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines"))
+        fig.update_layout(
+            title="Precision-recall",
+            xaxis_title="recall",
+            yaxis_title="precision",
+            height=320,
+            margin=dict(l=10, r=10, t=40, b=10),
+        )
+        c2.plotly_chart(fig, key="pr_chart")
+    fig = go.Figure()
+    for label, name, colour in ((0, "good", "#2ca02c"), (1, "defective", "#d62728")):
+        fig.add_trace(
+            go.Histogram(
+                x=result.scores[result.labels == label], name=name, opacity=0.6, marker_color=colour, nbinsx=20
+            )
+        )
+    fig.update_layout(barmode="overlay", title="Scores", height=320, margin=dict(l=10, r=10, t=40, b=10))
+    c3.plotly_chart(fig, key="hist_chart")
+
+
+def body() -> None:
+    st.title("Evaluate")
+    project = require_project()
+    run_dir = pick_run(project, key="eval_run")
+    if run_dir is None:
+        return
+    result, stem = cached_eval(run_dir)
+    if st.button("Evaluate on the project's current test images", key="run_eval"):
+        with st.spinner("Scoring test images…"):
+            fresh = evaluate_bundle(bundle(run_dir), str(project.data_dir))
+            save_eval(fresh, eval_cache(run_dir))
+        result, stem = cached_eval(run_dir)
+    if result is None:
+        st.info("This run has no evaluation yet: press the button above.")
+        return
+    n_def, n_good = int((result.labels == 1).sum()), int((result.labels == 0).sum())
+    source = "synthetic defects on held-out goods" if result.synthetic else "real defect images"
+    st.caption(f"{n_good} good and {n_def} defective test images ({source}); cached in `{stem.name}.npz`.")
+    if result.synthetic:
+        st.warning("No real defects in the test set: numbers come from faint synthetic defects, a rough guide only.")
+    m = result.metrics
+    cols = st.columns(4)
+    for col, (key, label) in zip(
+        cols,
+        [("image_auroc", "Image AUROC"), ("pixel_auroc", "Pixel AUROC"), ("aupro", "AUPRO"), ("f1_max", "Best F1")],
+        strict=True,
+    ):
+        value = m.get(key)
+        col.metric(label, "—" if value is None else f"{value:.3f}")
+    curves(result)
+
+    st.subheader("Per image")
+    table = (
+        pd.DataFrame(
+            {
+                "image": [
+                    Path(p.split("#")[0]).name + ("#" + p.split("#")[1] if "#" in p else "") for p in result.paths
+                ],
+                "type": result.defect_types,
+                "label": np.where(result.labels == 1, "defect", "good"),
+                "score": result.scores,
+            }
+        )
+        .reset_index(names="index")
+        .sort_values("score", ascending=False)
+    )
+    st.dataframe(table, hide_index=True, width="stretch", key="per_image_table", height=260)
+    choices = table["index"].tolist()
+    idx = st.selectbox(
+        "Image",
+        choices,
+        key="eval_image",
+        format_func=lambda i: f"{table.set_index('index').loc[i, 'image']} · score {result.scores[i]:.4f}",
+    )
+    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="heat_alpha")
+    images = eval_images(str(run_dir), (Path(str(stem) + ".npz")).stat().st_mtime)
+    img = images[idx]
+    amap = result.maps[idx]
+    vmin, vmax = float(np.min(result.maps)), float(np.max(result.maps))  # one colour scale for all images
+    a, b, c = st.columns(3)
+    a.image(to_uint8(img), caption="image", width="stretch")
+    b.image(overlay(img, amap, alpha, vmin, vmax), caption="anomaly heatmap", width="stretch")
+    if result.has_masks and result.labels[idx] == 1:
+        c.image(
+            to_uint8(np.repeat(result.masks[idx][..., None], 3, axis=2)), caption="ground-truth mask", width="stretch"
+        )
+    else:
+        c.caption("no mask (good image)" if result.labels[idx] == 0 else "no mask given")
+
+
+guarded(body)
