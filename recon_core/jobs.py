@@ -56,7 +56,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from recon_core.errors import ConfigError, DataError, ReconError, TrainingCancelled
+from recon_core.errors import ConfigError, ReconError, TrainingCancelled
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +305,27 @@ def _spec_to_dict(spec: Any) -> dict[str, Any]:
     raise ConfigError(f"submit: expected a RunSpec, got {type(spec).__name__}")
 
 
+def _resolve_data(data: str) -> Path:
+    """An absolute data folder (a path, or an MVTec category name under the shared data, as execute_run accepts)."""
+    from recon_core.runs import resolve_data_path
+
+    return resolve_data_path(data).resolve()
+
+
+def _validate_spec(spec_dict: dict[str, Any]) -> None:
+    """Refuse at submit what would fail at once in the worker: unknown settings, a bad model config or budget.
+    (The device is checked by the worker: a multi-machine backend may run it where that device exists.)"""
+    from recon_core.config import from_dict
+    from recon_core.models import get_model_class
+    from recon_core.runs import RunSpec, budget_for
+
+    spec = from_dict(RunSpec, spec_dict, where="run spec")
+    cls = get_model_class(spec.model)
+    preset = spec.preset or cls.default_preset
+    cls.config_from_preset(preset, **spec.model_overrides)
+    budget_for(spec, cls, preset)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the store
 # ---------------------------------------------------------------------------------------------------------------
@@ -507,17 +528,15 @@ class JobStore:
     # ---- submitting and changing jobs ---------------------------------------------------------------------
     def submit(self, spec: Any, project: str | None = None) -> str:
         """Queue a training run (a recon_core.runs.RunSpec) and start it when its device is free; returns the job
-        id. The data folder must exist now (ReconError otherwise); the spec is stored as given, with the data
-        path made absolute so the worker finds it from any directory."""
+        id. Bad settings (unknown keys, model config, budget) and a missing data folder raise ReconError now; the
+        spec is stored with the data path made absolute so the worker finds it from any directory."""
         project = _check_project(project)
         spec_dict = _spec_to_dict(spec)
         data = spec_dict.get("data")
         if not data:
             raise ConfigError("submit: the run spec has no data folder")
-        data_path = Path(data).expanduser()
-        if not data_path.is_dir():
-            raise DataError(f"{data}: data folder not found")
-        spec_dict["data"] = str(data_path.resolve())
+        spec_dict["data"] = str(_resolve_data(data))
+        _validate_spec(spec_dict)
         slot = device_slot(spec_dict.get("device"))
         now = time.time()
         for _ in range(5):  # ids are random; retry on the (unlikely) collision

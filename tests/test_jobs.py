@@ -249,8 +249,22 @@ def test_data_folder_vanishes_fails_readably(workspace: Path, data_dir: Path) ->
     assert "Traceback" not in job.error and "unexpected" not in job.error
     print(f"vanished data: {job.error}")
     # nothing else broke: the store still answers and a new submission of a missing folder is refused up front
-    with pytest.raises(ReconError, match="not found"):
+    with pytest.raises(ReconError, match="no such folder"):
         store.submit(make_spec(data_dir, iterations=5))
+    assert [j.id for j in store.list_jobs()] == [job_id]
+
+
+def test_submit_refuses_bad_settings_at_once(workspace: Path, data_dir: Path) -> None:
+    store = JobStore(workspace, autostart=False)
+    with pytest.raises(ReconError, match="norm"):
+        store.submit(make_spec(data_dir, iterations=5, model_overrides={"norm": "bogus"}))
+    with pytest.raises(ReconError, match="unknown setting"):
+        store.submit({"data": str(data_dir), "model": "draem", "iterations": 5, "colour": "red"})
+    with pytest.raises(ReconError, match="unknown model"):
+        store.submit(make_spec(data_dir, iterations=5, model="nope"))
+    with pytest.raises(ReconError, match="project name"):
+        store.submit(make_spec(data_dir, iterations=5), project="../evil")
+    assert store.list_jobs() == []
 
 
 def test_disk_full_fails_with_clear_message(workspace: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -180,14 +180,22 @@ def _follow(store: JobStore, job_id: str) -> int:
                     flush=True,
                 )
                 last_state = job.state
-            if job.total_iterations and bar is None:
-                bar = tqdm(total=job.total_iterations, unit="it", dynamic_ncols=True, desc=job.stage or "train")
+            if job.total_iterations and bar is None and job.state == "running":
+                bar = tqdm(
+                    total=job.total_iterations,
+                    initial=job.iteration or 0,  # a resumed job: the rate counts only new iterations
+                    unit="it",
+                    dynamic_ncols=True,
+                    desc=job.stage or "train",
+                )
             if bar is not None and job.iteration is not None:
                 if job.total_iterations and bar.total != job.total_iterations:
                     bar.total = job.total_iterations
-                bar.n = job.iteration
-                if job.stage:
-                    bar.set_description(job.stage, refresh=False)
+                if job.iteration > bar.n:
+                    bar.update(job.iteration - bar.n)
+                done = job.iteration >= (job.total_iterations or 0)
+                desc = "evaluating" if done and job.state == "running" else (job.stage or "train")
+                bar.set_description(desc, refresh=False)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(job.losses.items())[:3]}, refresh=False)
                 bar.refresh()
             if not job.is_active:
