@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._ui import current_project, guarded, remember, thumbs, ws
+from app_pages._ui import current_project, guarded, remember, thumbs, ws
 from recon_core.workspace import add_defect, create_project, import_folder, import_uploads, split
 
 

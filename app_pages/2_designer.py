@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import streamlit as st
 
-from pages._ui import guarded, require_project
+from app_pages._ui import guarded, require_project
 from recon_core.images import load_images
 from recon_core.synth import SynthConfig, bundled_textures_dir, preview, preview_grid
 from recon_core.workspace import save_textures

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._ui import guarded, recall, remember, require_project, run_label, store
+from app_pages._ui import guarded, recall, remember, require_project, run_label, store
 from recon_core.device import available_devices
 from recon_core.models import get_model_class, model_names
 from recon_core.runs import RunSpec

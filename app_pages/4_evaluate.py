@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._ui import bundle, cached_eval, guarded, pick_run, require_project, to_uint8
+from app_pages._ui import bundle, cached_eval, guarded, pick_run, require_project, to_uint8
 from recon_core import metrics
 from recon_core.evaluation import evaluate_bundle, save_eval, synthetic_test_set
 from recon_core.images import load_image, load_images

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages._ui import bundle, cached_eval, guarded, pick_run, require_project
+from app_pages._ui import bundle, cached_eval, guarded, pick_run, require_project
 from recon_core import metrics
 from recon_core.bundle import set_threshold
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages._ui import bundle, guarded, pick_run, require_project
+from app_pages._ui import bundle, guarded, pick_run, require_project
 from recon_core.export import export_bundle_zip, export_onnx
 from recon_core.images import list_images
 from recon_core.inference import overlay, predict_paths

@@ -337,7 +337,7 @@ def safe_extract_zip(
             declared += info.file_size
             if info.file_size > 1024 and info.file_size > max_ratio * max(info.compress_size, 1):
                 ratio = info.file_size / max(info.compress_size, 1)
-                raise DataError(f"zip entry {info.filename!r} is compressed {ratio:.0f}x: looks like a zip bomb, refused")
+                raise DataError(f"zip entry {info.filename!r} is compressed {ratio:.0f}x: zip bomb?")
         if declared > max_total_bytes:
             raise DataError(f"zip unpacks to {declared / 1e6:.0f} MB; at most {max_total_bytes / 1e6:.0f} MB accepted")
         written_total = 0
