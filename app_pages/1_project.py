@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_pages._ui import current_project, guarded, remember, thumbs, ws
+from app_pages._ui import current_project, guarded, switch_project, thumbs, ws
 from recon_core.workspace import add_defect, create_project, import_folder, import_uploads, split
 
 
@@ -24,7 +24,7 @@ def new_project_form() -> None:
         name = st.text_input("New project name", placeholder="e.g. washer-line-3", key="new_project_name")
         if st.form_submit_button("Create project"):
             project = create_project(ws(), name)
-            remember(project=project.name)
+            switch_project(project.name)
             st.success(f"Project {project.name} created.")
             st.rerun()
 

@@ -48,12 +48,21 @@ def current_project() -> Project | None:
         st.sidebar.info("No project yet: create one on the Project & data page.")
         return None
     saved = recall("project")
+    pending = st.session_state.pop("_switch_project", None)  # a page just created / chose a project
+    if pending in names:
+        st.session_state["project_select"] = pending
     index = names.index(saved) if saved in names else 0
     name = st.sidebar.selectbox("Project", names, index=index, key="project_select")
     if name != saved:
         remember(project=name)
     st.sidebar.caption(f"Workspace: `{ws()}`")
     return open_project(ws(), name)
+
+
+def switch_project(name: str) -> None:
+    """Make `name` the current project from a page (then st.rerun())."""
+    remember(project=name)
+    st.session_state["_switch_project"] = name
 
 
 def require_project() -> Project:

@@ -1,0 +1,159 @@
+"""Every page renders in Streamlit's AppTest against a temp workspace with the demo project (and a tiny, untrained
+autoencoder run so Evaluate / Threshold / Inspect have a model), without exceptions; one interaction per page."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ROOT / "app_pages"
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recon_core.bundle import save_bundle
+    from recon_core.demo import ensure_demo
+    from recon_core.evaluation import evaluate_bundle, save_eval
+    from recon_core.metrics import threshold_manual
+    from recon_core.models import get_model_class
+
+    ws = tmp_path_factory.mktemp("ws")
+    project, _ = ensure_demo(ws)
+    cls = get_model_class("autoencoder")
+    config = cls.config_from_preset("cpu", image_size=32, base_width=4, max_width=8, depth=2, latent_dim=8)
+    model = cls(config, "cpu")
+    run = project.runs_dir / "run-tiny"
+    run.mkdir(parents=True)
+    synth = project.load_synth()
+    save_bundle(run / "model.pt", model, synth_config=synth, threshold=threshold_manual(0.5), metadata={})
+    (run / "spec.json").write_text(json.dumps({"model": "autoencoder", "preset": "cpu", "name": "tiny"}))
+    save_eval(evaluate_bundle(str(run / "model.pt"), str(project.data_dir)), run / "eval")
+    return ws
+
+
+@pytest.fixture(autouse=True)
+def _env(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECON_WORKSPACE", str(workspace))
+    monkeypatch.chdir(ROOT)
+
+
+def run_page(name: str) -> AppTest:
+    at = AppTest.from_file(str(PAGES / name), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [t.value for t in at.title] + [c.value for c in at.caption]
+    parts += [s.value for s in at.subheader] + [w.value for w in at.warning] + [i.value for i in at.info]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_app_entry_has_all_pages() -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Project & data"  # the default page
+
+
+def test_project_page(workspace: Path) -> None:
+    at = run_page("1_project.py")
+    assert at.selectbox(key="project_select").value == "demo"
+    assert [m.value for m in at.metric][:4] == ["30", "24", "6", "6"]
+    # interaction: create a project from the form -> it becomes the current one
+    at.text_input(key="new_project_name").input("second")
+    at.button[0].click()  # the form's submit button
+    at.run()
+    assert not at.exception
+    assert (workspace / "second" / "project.json").is_file()
+    assert json.loads((workspace / "app_state.json").read_text())["project"] == "second"
+    (workspace / "app_state.json").write_text(json.dumps({"project": "demo"}))
+
+
+def test_designer_preview_follows_sliders(workspace: Path) -> None:
+    at = run_page("2_designer.py")
+    assert "Defect designer" in texts(at)
+
+    def area() -> str:
+        return next(c.value for c in at.caption if c.value.startswith("Mean defect area"))
+
+    before = area()
+    assert at.button(key="save_design").disabled  # nothing changed yet
+    at.slider(key="mask_threshold").set_value(0.8)
+    at.slider(key="opacity").set_value((0.6, 0.9))
+    at.run()
+    assert not at.exception
+    assert area() != before  # the preview was re-made with the new mask threshold
+    assert not at.button(key="save_design").disabled
+    at.button(key="save_design").click()
+    at.run()
+    saved = json.loads((workspace / "demo" / "synth.json").read_text())
+    assert saved["opacity_min"] == 0.6 and saved["opacity_max"] == 0.9 and saved["threshold"] == 0.8
+    (workspace / "demo" / "synth.json").write_text(
+        json.dumps({**saved, "opacity_min": 0.2, "opacity_max": 1.0, "threshold": 0.5})
+    )
+
+
+def test_train_page_renders_and_switches_budget() -> None:
+    at = run_page("3_train.py")
+    assert at.selectbox(key="train_model").options == ["DRAEM", "DSR"]
+    assert "Runs" in texts(at)
+    at.radio(key="budget_kind").set_value("iterations")
+    at.run()
+    assert not at.exception
+    assert at.number_input(key="budget_iterations").value == 500
+
+
+def test_evaluate_page() -> None:
+    at = run_page("4_evaluate.py")
+    labels = [m.label for m in at.metric]
+    assert "Image AUROC" in labels and "AUPRO" in labels
+    assert at.selectbox(key="eval_run").value == "run-tiny"
+    at.slider(key="heat_alpha").set_value(0.9)
+    at.run()
+    assert not at.exception
+
+
+def test_threshold_page_methods() -> None:
+    at = run_page("5_threshold.py")
+    assert "Good accepted" in [m.label for m in at.metric]
+    for method in ("f1", "quantile", "manual"):
+        at.radio(key="thr_method").set_value(method)
+        at.run()
+        assert not at.exception, method
+    at.checkbox(key="thr_review").check()
+    at.run()
+    assert not at.exception
+    assert "review band" in texts(at)
+
+
+def test_inspect_page(workspace: Path) -> None:
+    at = run_page("6_inspect.py")
+    assert "Running the ONNX model" in texts(at)
+    at.radio(key="inspect_source").set_value("folder")
+    at.run()
+    at.text_input(key="inspect_folder").input(str(workspace / "demo" / "data" / "test" / "defect"))
+    at.run()
+    at.button(key="run_inspect").click()
+    at.run()
+    assert not at.exception
+    assert len(at.dataframe) >= 1
+
+
+def test_empty_workspace_shows_guidance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECON_WORKSPACE", str(tmp_path / "empty"))
+    for page in ("1_project.py", "2_designer.py", "4_evaluate.py"):
+        at = AppTest.from_file(str(PAGES / page), default_timeout=TIMEOUT)
+        at.run()
+        assert not at.exception, page
+    assert os.path.isdir(tmp_path / "empty")
