@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 CALIBRATION_WARMUP = 1  # first iteration(s) not timed: allocator / kernel selection make them slow
 CALIBRATION_ITERATIONS = 4  # timed iterations for a minutes budget
 CALIBRATION_MAX_SHARE = 0.1  # never spend more than this share of the budget calibrating
-RECALIBRATE_AT = 0.1  # at this share of the planned total, refine the estimate once (long window, before any lr
-# drop, so the schedule stays consistent); it includes checkpoint and batch overheads
+REFINE_AT = (0.1, 0.25, 0.5, 0.7)  # shares of the planned total where the estimate is refined on the latest window
+# (timings drift: warm-up, other processes); only while still before the first lr drop, so the schedule the run
+# follows is the same as if the final total had been known from the start
 TIME_SAFETY = 0.95  # plan for 95 % of the budget: finish_training and the final checkpoint need time too
 LOSS_LOG_FIELDS = ["iteration", "stage", "lr", "elapsed_s", "term", "value"]
 
@@ -139,9 +140,9 @@ class _State:
     iteration: int = 0  # iterations done
     total: int | None = None
     elapsed_before: float = 0.0  # seconds spent in earlier attempts (resume)
-    calib_t0: float | None = None  # elapsed() when the timed calibration window started
+    calib_t0: float | None = None  # elapsed() when the current timing window started
     calib_it0: int = 0
-    recalibrated: bool = False  # the one refinement at RECALIBRATE_AT has been made (or is not allowed)
+    refines_done: int = 0  # how many of REFINE_AT have passed (all of them after a resume: the total is final)
 
 
 def _training_state(
@@ -256,7 +257,8 @@ def fit(
     resumed = False
     if resume and ckpt is not None and ckpt.is_file():
         _restore(ckpt, model, stages, rng, state)
-        state.recalibrated = state.total is not None  # a fixed schedule is never changed after a resume
+        if state.total is not None:  # a fixed schedule is never changed after a resume
+            state.refines_done = len(REFINE_AT)
         resumed = True
         log.info("resuming from %s at iteration %d/%s", ckpt, state.iteration, state.total)
     elif resume:
@@ -299,6 +301,7 @@ def fit(
         last_report_t, last_report_it = now, state.iteration
 
     last_start_it = state.iteration
+    last_end = 0.0  # elapsed() at the end of the previous iteration
     lr = 0.0
     stage = stages[0]
     try:
@@ -336,14 +339,17 @@ def fit(
                 )
             state.iteration += 1
             loss_log.add(state.iteration, stage.name, lr, total_s(), losses)
-            if budget.minutes is not None and not state.recalibrated:
+            if budget.minutes is not None and state.refines_done < len(REFINE_AT):
                 _calibrate(state, stages, budget, deadline, elapsed())
             every = progress_every or max(1, min(10, (state.total or 10) // 100))
             if state.iteration == 1 or state.iteration % every == 0:
                 report(stage, lr)
             if ckpt is not None and checkpoint_every > 0 and state.iteration % checkpoint_every == 0:
                 checkpoint()
-            if state.total is not None and state.iteration < state.total and elapsed() >= deadline:
+            now = elapsed()
+            last_it_s, last_end = now - last_end, now
+            # stop when the next iteration would likely end past the deadline (the wall-clock limit is a limit)
+            if state.total is not None and state.iteration < state.total and now + last_it_s > deadline:
                 stopped_by_time = True
                 log.warning("time budget reached at iteration %d/%d; stopping early", state.iteration, state.total)
                 break
@@ -371,29 +377,40 @@ def fit(
     )
 
 
+def _first_drop(total: int, stages: list[TrainingStage]) -> float:
+    """Global iteration where the lr first drops under a given total (the first stage's first lr_drop)."""
+    return stage_lengths(total, stages)[0] * min(stages[0].lr_drops or (1.0,))
+
+
 def _calibrate(state: _State, stages: list[TrainingStage], budget: Budget, deadline: float, spent: float) -> None:
-    """Minutes budget: time a few iterations (wall clock, after a warm-up), then fix the total so the budget is
-    used; refine once at RECALIBRATE_AT of the total over a longer window, while still before the first lr drop."""
+    """Minutes budget: time a few iterations (wall clock incl. batch building and checkpoints, after a warm-up),
+    then fix the total so the budget is used; refine it at REFINE_AT shares of the total on the latest window while
+    the lr has not dropped yet under either the old or the new total."""
     if state.calib_t0 is None:
         if state.iteration >= CALIBRATION_WARMUP:
             state.calib_t0, state.calib_it0 = spent, state.iteration
         return
     timed = state.iteration - state.calib_it0
-    per_it = (spent - state.calib_t0) / max(1, timed)
     if state.total is None:
         if timed < CALIBRATION_ITERATIONS and spent < CALIBRATION_MAX_SHARE * deadline:
             return
-    elif state.iteration < RECALIBRATE_AT * state.total:
+    elif state.iteration < REFINE_AT[state.refines_done] * state.total or timed < 2:
         return
+    per_it = (spent - state.calib_t0) / max(1, timed)
     remaining = max(0.0, deadline * TIME_SAFETY - spent)
     total = max(state.iteration + 1, state.iteration + int(remaining / max(per_it, 1e-6)))
     if state.total is not None:
-        state.recalibrated = True
-        # only if the first stage has not reached an lr drop under the new total (keeps the schedule consistent)
-        first = stage_lengths(total, stages)[0] * min(stages[0].lr_drops or (1.0,))
-        if state.iteration >= first:
+        while state.refines_done < len(REFINE_AT) and state.iteration >= REFINE_AT[state.refines_done] * state.total:
+            state.refines_done += 1
+        if state.iteration >= min(_first_drop(state.total, stages), _first_drop(total, stages)):
+            state.refines_done = len(REFINE_AT)  # too late: the schedule is final
             return
+    state.calib_t0, state.calib_it0 = spent, state.iteration  # next refinement times a fresh window
+    if total != state.total:
+        log.info(
+            "minutes budget %.2f: %.3f s/iteration measured, training %d iterations",
+            budget.minutes or 0,
+            per_it,
+            total,
+        )
     state.total = total
-    log.info(
-        "minutes budget %.2f: %.3f s/iteration measured, training %d iterations", budget.minutes or 0, per_it, total
-    )
