@@ -141,6 +141,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # Popen handles of workers this process started: polled so that finished children are reaped (no zombies in a
 # long-running app process).
 _CHILDREN: list[subprocess.Popen] = []
+_CHILDREN_LOCK = threading.Lock()  # Streamlit may share one JobStore between session threads
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -268,9 +269,10 @@ def _process_alive(pid: int | None, create_time: float | None) -> bool:
 
 
 def _reap_children() -> None:
-    for proc in list(_CHILDREN):
-        if proc.poll() is not None:
-            _CHILDREN.remove(proc)
+    with _CHILDREN_LOCK:
+        for proc in list(_CHILDREN):
+            if proc.poll() is not None:
+                _CHILDREN.remove(proc)
 
 
 def _json_or_none(text: str | None) -> Any:
@@ -754,7 +756,8 @@ class JobStore:
                     (time.time(), f"could not start the worker process: {exc}", job_id),
                 )
             return
-        _CHILDREN.append(proc)
+        with _CHILDREN_LOCK:
+            _CHILDREN.append(proc)
         with self._write() as c:
             c.execute(
                 "UPDATE jobs SET pid=?, pid_create_time=?, host=? WHERE id=? AND state='running' AND pid IS NULL",

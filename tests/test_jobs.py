@@ -219,11 +219,26 @@ def test_sigkill_then_resume_reaches_full_count(workspace: Path, data_dir: Path)
     assert "resuming" in store2.logs(job_id)
 
 
-def test_concurrency_limit_and_fifo_order(workspace: Path, data_dir: Path) -> None:
+def test_queue_outlives_the_app_fifo_and_one_per_device(workspace: Path, data_dir: Path) -> None:
+    # A stand-in for the Streamlit server submits two jobs, prints their ids, then is SIGKILLed (app crash or
+    # restart). The jobs must still run, one at a time (limit 1 per device), in submission order.
+    code = (
+        "import sys, time; from recon_core.jobs import JobStore; from recon_core.runs import RunSpec\n"
+        "from recon_core.synth import SynthConfig\n"
+        "store = JobStore(sys.argv[1])\n"
+        "for seed in (0, 1):\n"
+        f"    spec = RunSpec(data=sys.argv[2], model_overrides={TINY!r}, synth=SynthConfig(texture_source='noise'),"
+        " iterations=8, device='cpu', checkpoint_every=4, seed=seed)\n"
+        "    print(store.submit(spec), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    app = subprocess.Popen(
+        [sys.executable, "-c", code, str(workspace), str(data_dir)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    first, second = app.stdout.readline().strip(), app.stdout.readline().strip()
+    app.kill()
+    app.wait()
     store = JobStore(workspace)
-    first = store.submit(make_spec(data_dir, iterations=8))
-    second = store.submit(make_spec(data_dir, iterations=8, seed=1))
-    assert store.get(second).state == "queued" and store.get(second).queue_position == 1
     peak = 0
     deadline = time.monotonic() + 2 * WAIT_S
     while time.monotonic() < deadline:
@@ -234,6 +249,7 @@ def test_concurrency_limit_and_fifo_order(workspace: Path, data_dir: Path) -> No
         time.sleep(0.1)
     a, b = store.get(first), store.get(second)
     assert a.state == b.state == "succeeded", store.logs(first) + store.logs(second)
+    assert a.iteration == b.iteration == 8 and (b.run_dir / "model.pt").is_file()
     assert peak == 1
     assert a.started_at < a.finished_at <= b.started_at  # the second waited for the first (FIFO, one per device)
 
