@@ -838,7 +838,7 @@ class _Worker:
             try:
                 now = time.time()
                 if now - last_beat >= HEARTBEAT_S:
-                    if self._owned_update("UPDATE jobs SET heartbeat_at=?", (now,)) == 0:
+                    if self._owned_update("UPDATE jobs SET heartbeat_at=?", (now,)) == 0 and not self.done.is_set():
                         log.warning("this worker no longer owns the job; stopping")
                         self.stop.set()
                     last_beat = now
@@ -913,6 +913,7 @@ class _Worker:
 
     # -- the run --------------------------------------------------------------------------------------------
     def finish(self, state: str, error: str | None = None, result: dict | None = None) -> None:
+        self.done.set()  # stop the heartbeat first: after the final write it would find the row no longer ours
         self.flush_progress()
         n = self._owned_update(
             "UPDATE jobs SET state=?, finished_at=?, error=?, result=?, cancel_requested=0",
