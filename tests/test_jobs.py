@@ -357,3 +357,21 @@ def test_claim_is_fifo_per_device_and_race_free(workspace: Path, data_dir: Path)
     assert store.claim_next() == d  # two may run on cpu now
     for job_id in (b, c, d):  # no workers were started: clean up the claims
         store.cancel(job_id)
+
+
+def test_unexpected_error_short_message_traceback_in_log(
+    workspace: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's runner is swapped (RECON_JOBS_RUNNER) for one that fails like a bug would.
+    (tmp_path / "buggy_runner.py").write_text(
+        "def execute_run(spec, run_dir, **kwargs):\n    raise ValueError('boom: index 7 out of range\\nmore detail')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("RECON_JOBS_RUNNER", "buggy_runner:execute_run")
+    store = JobStore(workspace)
+    job_id = store.submit(make_spec(data_dir, iterations=5))
+    job = wait_done(store, job_id)
+    assert job.state == "failed"
+    assert job.error == "unexpected error: ValueError: boom: index 7 out of range (traceback in the job log)"
+    text = store.logs(job_id)
+    assert "Traceback (most recent call last)" in text and "buggy_runner.py" in text
