@@ -20,6 +20,10 @@ from recon_core.synth import SynthConfig
 @pytest.fixture(autouse=True)
 def _tiny(monkeypatch):
     register_tiny(monkeypatch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs: extra threads only spin on a shared, busy machine
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -22,6 +22,11 @@ from recon_core.synth import SynthConfig
 @pytest.fixture(autouse=True)
 def _tiny(monkeypatch):
     register_tiny(monkeypatch)
+    monkeypatch.setenv("RECON_THREADS", "1")  # execute_run configures torch threads from it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs: extra threads only spin on a shared, busy machine
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
