@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_pages._ui import bundle, cached_eval, guarded, pick_run, require_project
+from app_pages._ui import bundle, cached_eval, guarded, pick_run, require_project, thumbs
 from recon_core import metrics
 from recon_core.bundle import set_threshold
 
@@ -93,7 +93,12 @@ def body() -> None:
     tabs = st.tabs(["Rejected", "Review", "Accepted"])
     for tab, name in zip(tabs, ["reject", "review", "accept"], strict=True):
         with tab:
-            st.dataframe(df[df["verdict"] == name], hide_index=True, width="stretch")
+            part = df[df["verdict"] == name]
+            st.dataframe(part, hide_index=True, width="stretch", key=f"thr_table_{name}")
+            files = [result.paths[i] for i in part.index if "#" not in result.paths[i]][:12]
+            files = [f for f in files if Path(f).is_file()]
+            if files:  # synthetic test images exist only in memory: those are listed, not shown
+                thumbs([Path(f) for f in files], columns=6, limit=12)
     if st.button("Save threshold into the model bundle", type="primary", key="save_threshold"):
         set_threshold(run_dir / "model.pt", thr)
         st.success(f"Saved {thr.value:.5f} into {run_dir.name}/model.pt; Inspect and exports use it.")

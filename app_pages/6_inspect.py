@@ -74,14 +74,12 @@ def inspect(run_dir: Path) -> None:
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     st.download_button("Download CSV", buf.getvalue(), file_name="inspection.csv", mime="text/csv", key="inspect_csv")
-    colours = {"accept": "🟢", "review": "🟡", "reject": "🔴", None: "⚪"}
     cols = st.columns(4)
     for i, row in enumerate(r for r in rows if r["score"] is not None):
         with cols[i % 4]:
             st.image(
                 overlay(images[row["path"]], maps[row["path"]], alpha),
-                caption=f"{colours.get(row['verdict'], '⚪')} {Path(row['path']).name} · {row['verdict'] or '—'}"
-                f" · {row['score']:.4f}",
+                caption=f"{(row['verdict'] or 'no threshold').upper()} · {Path(row['path']).name} · {row['score']:.4f}",
                 width="stretch",
             )
 
