@@ -286,3 +286,22 @@ def test_onnx_export_matches_torch(tmp_path) -> None:
     bundle.save_bundle(tmp_path / "m.pt", model, synth_config=SynthConfig())
     info = export.export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx")  # checks parity in onnxruntime itself
     assert info["parity"] == "ok" and info["max_abs_diff_map"] < 1e-4
+
+
+def test_fused_inference_copy_follows_the_weights() -> None:
+    images = stripes(4, np.random.default_rng(11))
+    model = tiny()
+    train_steps(model, images, 2)
+    first = model.predict(images)
+    train_steps(model, images, 2)  # the weights change: the cached inference copy must be rebuilt
+    second = model.predict(images)
+    module = model.onnx_module().eval()  # the plain (unfused, NCHW) networks
+    with torch.no_grad():
+        scores, maps = module(torch.from_numpy(images).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(second.maps, maps.numpy(), atol=1e-5)
+    np.testing.assert_allclose(second.image_scores, scores.numpy(), atol=1e-5)
+    assert not np.allclose(first.maps, second.maps)
+    clone = tiny()
+    clone.predict(images)
+    clone.load_state_dict(model.state_dict())  # loading weights also invalidates the copy
+    np.testing.assert_allclose(clone.predict(images).maps, second.maps, atol=1e-6)

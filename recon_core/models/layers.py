@@ -170,8 +170,12 @@ class Encoder(nn.Module):
         return feats
 
     def aux_loss(self) -> torch.Tensor | None:
-        """The SSPCAB reconstruction MSE of the last forward pass (None without SSPCAB or in eval mode)."""
-        return self.sspcab.last_loss if self.sspcab is not None else None
+        """The SSPCAB reconstruction MSE of the last training forward pass (None without SSPCAB or in eval mode).
+        Returns it and clears it, so no graph is kept alive (and the module stays deep-copyable)."""
+        if self.sspcab is None:
+            return None
+        loss, self.sspcab.last_loss = self.sspcab.last_loss, None
+        return loss
 
 
 class UpBlock(nn.Module):
