@@ -9,6 +9,7 @@ set from the base lr at every step (never multiplied in place), so a resume is e
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -140,6 +141,7 @@ class _State:
     iteration: int = 0  # iterations done
     total: int | None = None
     elapsed_before: float = 0.0  # seconds spent in earlier attempts (resume)
+    last_it_s: float = 0.0  # duration of the latest iteration (deadline check; carried over a resume)
     calib_t0: float | None = None  # elapsed() when the current timing window started
     calib_it0: int = 0
     refines_done: int = 0  # how many of REFINE_AT have passed (all of them after a resume: the total is final)
@@ -156,6 +158,7 @@ def _training_state(
         "total_iterations": state.total,
         "stage": stage_name,
         "elapsed_s": float(elapsed),
+        "last_iteration_s": float(state.last_it_s),
         "seed": seed,
         "budget": json.dumps({"iterations": budget.iterations, "minutes": budget.minutes}),
         "optimizers": [[opt.state_dict() for opt in s.optimizers] for s in stages],
@@ -211,6 +214,7 @@ def _restore(
     state.iteration = int(ts["iteration"])
     state.total = int(ts["total_iterations"]) if ts.get("total_iterations") is not None else None
     state.elapsed_before = float(ts.get("elapsed_s", 0.0))
+    state.last_it_s = float(ts.get("last_iteration_s", 0.0))
 
 
 def _set_lrs(stage: TrainingStage, base_lrs: list[list[float]], factor: float) -> float:
@@ -312,6 +316,11 @@ def fit(
                     f"training cancelled at iteration {state.iteration}/{state.total or '?'}; "
                     + ("the checkpoint is kept, resume to continue" if ckpt else "no checkpoint was written")
                 )
+            # stop when the next iteration would likely end past the deadline (the wall-clock limit is a limit)
+            if state.total is not None and elapsed() + state.last_it_s > deadline:
+                stopped_by_time = True
+                log.warning("time budget reached at iteration %d/%d; stopping early", state.iteration, state.total)
+                break
             if state.total is None:  # minutes budget, still calibrating: first stage at base lr
                 k, local, length = 0, state.iteration, 1
             else:
@@ -347,12 +356,7 @@ def fit(
             if ckpt is not None and checkpoint_every > 0 and state.iteration % checkpoint_every == 0:
                 checkpoint()
             now = elapsed()
-            last_it_s, last_end = now - last_end, now
-            # stop when the next iteration would likely end past the deadline (the wall-clock limit is a limit)
-            if state.total is not None and state.iteration < state.total and now + last_it_s > deadline:
-                stopped_by_time = True
-                log.warning("time budget reached at iteration %d/%d; stopping early", state.iteration, state.total)
-                break
+            state.last_it_s, last_end = now - last_end, now
         model.train_mode(False)
         model.finish_training(images)
         if ckpt is not None:
@@ -361,7 +365,8 @@ def fit(
             loss_log.flush()
         report(stage, lr)
     except BaseException:
-        loss_log.flush()  # rows after the last checkpoint are dropped on resume, so keeping them is safe
+        with contextlib.suppress(OSError):  # never hide the real error behind a full disk
+            loss_log.flush()  # rows after the last checkpoint are dropped on resume, so keeping them is safe
         model.train_mode(False)
         raise
     return TrainSummary(

@@ -129,12 +129,17 @@ def test_minutes_budget_refines_when_the_machine_speeds_up(monkeypatch):
     assert [lr for _, lr in model.lr_trace] == pytest.approx(expected)  # one consistent schedule
 
 
-def test_minutes_budget_stops_at_the_deadline_when_the_machine_slows_down(monkeypatch):
+def test_minutes_budget_stops_at_the_deadline_when_the_machine_slows_down(monkeypatch, tmp_path):
     clocked(monkeypatch, lambda calls: 2.0 if calls < 22 else 6.0)  # slows down after the last refinement
     model = TinyModel(TinyConfig())
-    summary = fit(model, tiny_images(), None, Budget(minutes=1))
+    ckpt = tmp_path / "c.pt"
+    summary = fit(model, tiny_images(), None, Budget(minutes=1), checkpoint_path=ckpt)
     assert summary.stopped_by_time and summary.iterations == 24 and summary.total_iterations == 28
     assert summary.seconds == pytest.approx(56.0) and model.finished  # never past the 60 s limit
+    # resuming a run whose budget is spent does not start another (overrunning) iteration
+    again = TinyModel(TinyConfig())
+    summary = fit(again, tiny_images(), None, Budget(minutes=1), checkpoint_path=ckpt, resume=True)
+    assert summary.iterations == 24 and summary.stopped_by_time and again.calls == 0 and again.finished
 
 
 def test_resume_continues_the_schedule_exactly(tmp_path):
