@@ -97,8 +97,6 @@ def _job_dict(job: Job) -> dict[str, Any]:
 
 
 def submit(args: argparse.Namespace) -> int:
-    if args.iterations is None and args.minutes is None:
-        raise ConfigError("give a budget: --iterations N or --minutes M")
     store = _store(args)
     job_id = store.submit(build_spec(args), project=args.project)
     job = store.get(job_id)
@@ -276,7 +274,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
     p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--iterations", type=int, default=None, help="training iterations")
+    budget.add_argument(
+        "--iterations", type=int, default=None, help="training iterations (default: the preset's suggested budget)"
+    )
     budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget in minutes")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--seed", type=int, default=None)
