@@ -87,6 +87,14 @@ def _progress_text(job: Job) -> str:
     return "-"
 
 
+def _budget_text(spec: dict[str, Any]) -> str:
+    if spec.get("iterations"):
+        return f"{spec['iterations']} iterations"
+    if spec.get("minutes"):
+        return f"{spec['minutes']} minutes"
+    return "the preset's suggested budget"
+
+
 def _job_dict(job: Job) -> dict[str, Any]:
     out = {k: v for k, v in vars(job).items()}
     out["run_dir"] = str(job.run_dir)
@@ -134,12 +142,7 @@ def _print_job(job: Job) -> None:
         ("model", f"{job.model}" + (f" (preset {job.spec['preset']})" if job.spec.get("preset") else "")),
         ("data", job.data),
         ("device", job.device_slot),
-        (
-            "budget",
-            f"{job.spec.get('iterations')} iterations"
-            if job.spec.get("iterations")
-            else f"{job.spec.get('minutes')} minutes",
-        ),
+        ("budget", _budget_text(job.spec)),
         ("created", _when(job.created_at)),
         ("started", _when(job.started_at)),
         ("finished", _when(job.finished_at)),
