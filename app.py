@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # so pages can import 
 st.set_page_config(page_title="Recon Studio", page_icon=":material/search:", layout="wide")
 
 PAGES = [
-    st.Page("app_pages/1_project.py", title="Project & data", icon=":material/folder:", default=True, url_path="project"),
+    # the default page is served at "/" (Streamlit gives the default page no path of its own)
+    st.Page("app_pages/1_project.py", title="Project & data", icon=":material/folder:", default=True),
     st.Page("app_pages/2_designer.py", title="Defect designer", icon=":material/palette:", url_path="designer"),
     st.Page("app_pages/3_train.py", title="Train", icon=":material/model_training:", url_path="train"),
     st.Page("app_pages/4_evaluate.py", title="Evaluate", icon=":material/monitoring:", url_path="evaluate"),

@@ -11,6 +11,13 @@ from recon_core.workspace import add_defect, create_project, import_folder, impo
 
 
 def _show_report(report) -> None:
+    """Keep the import's report for the next run, then rerun so counts, warnings and thumbnails are fresh."""
+    st.session_state["last_import"] = report
+    st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1  # empties the uploaders
+    st.rerun()
+
+
+def _draw_report(report) -> None:
     kept, refused = len(report.kept), len(report.refused)
     (st.success if not refused else st.warning)(f"Imported {kept} file(s); refused {refused}.")
     for f in report.refused:
@@ -38,6 +45,8 @@ def body() -> None:
         return
     counts = project.counts()
     st.subheader(f"Project `{project.name}`")
+    if "last_import" in st.session_state:
+        _draw_report(st.session_state.pop("last_import"))
     c = st.columns(5)
     c[0].metric("Good images", counts["goods"])
     c[1].metric("Training goods", counts["train"])
@@ -55,7 +64,7 @@ def body() -> None:
             "Good images (PNG/JPG/…, or a .zip of them)",
             type=["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "zip"],
             accept_multiple_files=True,
-            key="upload_goods",
+            key=f"upload_goods_{st.session_state.get('upload_round', 0)}",
         )
         if st.button("Import uploaded files", key="import_uploads", disabled=not files):
             with st.spinner("Checking and copying images…"):
@@ -74,7 +83,11 @@ def body() -> None:
     defect_file = d1.file_uploader(
         "Defect image", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], key="upload_defect"
     )
-    mask_file = d2.file_uploader("Its mask (optional)", type=["png", "bmp", "tif", "tiff"], key="upload_mask")
+    mask_file = d2.file_uploader(
+        "Its mask (optional)",
+        type=["png", "bmp", "tif", "tiff"],
+        key=f"upload_mask_{st.session_state.get('upload_round', 0)}",
+    )
     if st.button("Add defect", key="add_defect", disabled=defect_file is None):
         mask = (mask_file.name, mask_file.getvalue()) if mask_file is not None else None
         _show_report(add_defect(project, (defect_file.name, defect_file.getvalue()), mask))
