@@ -53,9 +53,9 @@ def start_form(project) -> None:
     with c2:
         budget_kind = st.radio("Budget", ["minutes", "iterations"], horizontal=True, key="budget_kind")
         if budget_kind == "minutes":
-            amount = st.number_input("Minutes", 0.5, 24 * 60.0, 5.0, 0.5, key="budget_minutes")
+            amount = st.number_input("Training minutes", 0.5, 24 * 60.0, 5.0, 0.5, key="budget_minutes")
         else:
-            amount = st.number_input("Iterations", 1, 1_000_000, 500, 50, key="budget_iterations")
+            amount = st.number_input("Training iterations", 1, 1_000_000, 500, 50, key="budget_iterations")
         device = st.selectbox("Device", ["auto", *available_devices()], key="train_device")
         warm = [r for r in project.finished_runs() if (r / "spec.json").is_file()]
         init = st.selectbox(
@@ -105,7 +105,6 @@ def loss_chart(rows: list[dict]) -> go.Figure | None:
     return fig
 
 
-@st.fragment(run_every=POLL_S)
 def job_panel(project_name: str) -> None:
     jobs = store().list_jobs(project_name)
     if not jobs:
@@ -165,7 +164,8 @@ def job_panel(project_name: str) -> None:
     if fig is not None:
         st.plotly_chart(fig, key=f"loss_{job.id}")
     if job.result:
-        st.json(job.result, expanded=False)
+        with st.expander("Result (metrics)"):
+            st.json(job.result)
     with st.expander("Log"):
         st.code(store().logs(job.id, tail=40) or "(empty)")
 
@@ -176,7 +176,9 @@ def body() -> None:
     with st.expander("Start a new run", expanded=True):
         start_form(project)
     st.subheader("Runs")
-    job_panel(project.name)
+    # poll only while something is queued or running; a finished job stops the polling at the next full rerun
+    active = any(j.is_active for j in store().list_jobs(project.name))
+    st.fragment(run_every=POLL_S if active else None)(job_panel)(project.name)
 
 
 guarded(body)
