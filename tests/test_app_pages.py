@@ -114,7 +114,7 @@ def test_train_page_renders_and_switches_budget() -> None:
     assert at.number_input(key="budget_iterations").value == 500
 
 
-def test_evaluate_page() -> None:
+def test_evaluate_page(workspace: Path) -> None:
     at = run_page("4_evaluate.py")
     labels = [m.label for m in at.metric]
     assert "Image AUROC" in labels and "AUPRO" in labels
@@ -122,6 +122,11 @@ def test_evaluate_page() -> None:
     at.slider(key="heat_alpha").set_value(0.9)
     at.run()
     assert not at.exception
+    at.button(key="run_eval").click()  # re-evaluate on the current test images: cached next to the run
+    at.run()
+    assert not at.exception and not at.error
+    assert (workspace / "demo" / "runs" / "run-tiny" / "eval_app.npz").is_file()
+    assert any("eval_app.npz" in c.value for c in at.caption)
 
 
 def test_threshold_page_methods() -> None:
