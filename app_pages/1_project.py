@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages._ui import current_project, guarded, switch_project, thumbs, ws
-from recon_core.workspace import add_defect, create_project, import_folder, import_uploads, split
+from recon_core.workspace import add_defect, create_project, import_folder, import_uploads, remove_image, split
 
 
 def _show_report(report) -> None:
@@ -113,6 +113,14 @@ def body() -> None:
     )
     with t_train:
         thumbs(project.train_goods())
+    goods = [g.name for g in project.goods()]
+    if goods:
+        r1, r2 = st.columns([3, 1])
+        doomed = r1.selectbox("Remove a good image", goods, key="remove_image_name")
+        r2.write("")
+        if r2.button("Remove image", key="remove_image"):
+            remove_image(project, doomed)
+            st.rerun()
     with t_test:
         thumbs(project.test_goods())
     with t_def:

@@ -21,6 +21,7 @@ from recon_core.workspace import (
     import_uploads,
     list_projects,
     open_project,
+    remove_image,
     safe_extract_zip,
     split,
     split_counts,
@@ -78,6 +79,15 @@ def test_upload_report_split_and_dataset(tmp_path: Path) -> None:
     assert [x.name for x in p.test_goods()] == first
     split(p, seed=5)
     assert [x.name for x in p.test_goods()] != first or len(first) == 0
+
+
+def test_remove_image_resplits(tmp_path: Path) -> None:
+    p = create_project(tmp_path, "p")
+    import_uploads(p, [(f"g{i}.png", png(i)) for i in range(5)])
+    remove_image(p, "g0.png")
+    assert p.counts()["goods"] == 4 and p.counts()["train"] + p.counts()["held_out"] == 4
+    with pytest.raises(DataError):
+        remove_image(p, "../project.json")
 
 
 def test_split_counts() -> None:
