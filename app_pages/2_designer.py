@@ -8,6 +8,7 @@ import numpy as np
 import streamlit as st
 
 from app_pages._ui import guarded, require_project
+from recon_core.errors import ReconError
 from recon_core.images import load_images
 from recon_core.synth import SynthConfig, bundled_textures_dir, preview, preview_grid
 from recon_core.workspace import save_textures
@@ -108,8 +109,12 @@ def body() -> None:
             bump += 1
             st.session_state["preview_bump"] = bump
         images = _goods(tuple(str(p) for p in goods[:32]), PREVIEW_SIZE)
-        shown = dataclasses.replace(config, seed=config.seed + 1000 * bump)
-        augmented, masks = preview(images, shown, n=PREVIEW_N)
+        try:  # an unusable knob combination (e.g. an empty texture folder) is shown here, the knobs stay usable
+            shown = dataclasses.replace(config, seed=config.seed + 1000 * bump)
+            augmented, masks = preview(images, shown, n=PREVIEW_N)
+        except ReconError as exc:
+            st.error(f"No preview: {exc}")
+            return
         st.image(
             preview_grid(augmented, masks, columns=4),
             caption="Synthetic defects (outlined in magenta)",

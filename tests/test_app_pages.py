@@ -162,3 +162,14 @@ def test_empty_workspace_shows_guidance(tmp_path: Path, monkeypatch: pytest.Monk
         at.run()
         assert not at.exception, page
     assert os.path.isdir(tmp_path / "empty")
+
+
+def test_designer_bad_texture_folder_is_an_error_not_a_crash() -> None:
+    at = run_page("2_designer.py")
+    at.radio(key="texture_source").set_value("folder")
+    at.run()
+    at.text_input(key="texture_dir").input("/nonexistent/textures")
+    at.run()
+    assert not at.exception
+    assert any("No preview" in e.value for e in at.error)
+    assert at.slider(key="opacity")  # the knobs stay usable
