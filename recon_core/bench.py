@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -271,7 +272,9 @@ def run_one(cfg: BenchConfig, model: str, category: str, shots: int | None, seed
 @contextmanager
 def _locked(out_dir: Path, name: str) -> Iterator[None]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / f".{name}.lock", "w") as fh:
+    # the lock file lives in the temp folder so the results folder holds only the tables
+    key = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:12]
+    with open(Path(tempfile.gettempdir()) / f"recon-bench-{key}-{name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
