@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ COLUMNS = (
     "overrides",
     "category",
     "shots",
+    "labelled_defects",
     "seed",
     "budget",
     *METRIC_KEYS,
@@ -70,6 +72,7 @@ COLUMNS = (
     "tag",
     "error",
 )
+GROUP_KEYS = ("model", "preset", "overrides", "category", "shots", "labelled_defects", "budget")
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "train_s", "train_images_per_s", "infer_ms_per_image")
 
 
@@ -85,6 +88,8 @@ class BenchConfig:
     categories: list[str]  # paths relative to data_root (e.g. "mvtec_ad/bottle") or absolute
     shots: list[int | None] = field(default_factory=lambda: [20])
     seeds: list[int] = field(default_factory=lambda: [0])
+    # K real defect images of the test split go to training (RunSpec.labelled_defects) and leave the evaluation
+    labelled_defects: list[int] = field(default_factory=lambda: [0])
     minutes: float | None = None
     iterations: int | None = None
     preset: str | None = None
@@ -105,6 +110,8 @@ class BenchConfig:
             raise ConfigError("bench: give exactly one of --minutes or --iterations")
         if not self.seeds:
             raise ConfigError("bench: give at least one seed")
+        if not self.labelled_defects or any(k < 0 for k in self.labelled_defects):
+            raise ConfigError("bench: labelled defects must be whole numbers >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -200,8 +207,11 @@ def _run_api() -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
     return RunSpec, execute_run, load_bundle
 
 
-def run_one(cfg: BenchConfig, model: str, category: str, shots: int | None, seed: int, run_dir: Path) -> dict[str, Any]:
-    """Train + evaluate one configuration through runs.execute_run and measure it. Returns one row."""
+def run_one(
+    cfg: BenchConfig, model: str, category: str, shots: int | None, seed: int, run_dir: Path, labelled: int = 0
+) -> dict[str, Any]:
+    """Train + evaluate one configuration through runs.execute_run and measure it. Returns one row.
+    `labelled` real defect images (seeded choice) leave the test split and go to training."""
     from recon_core.synth import SynthConfig
 
     RunSpec, execute, load_bundle = _run_api()
@@ -220,7 +230,8 @@ def run_one(cfg: BenchConfig, model: str, category: str, shots: int | None, seed
         minutes=cfg.minutes,
         device=cfg.device,
         seed=seed,
-        name=f"bench-{model}-{category.replace('/', '-')}-{shots}-{seed}",
+        labelled_defects=labelled,
+        name=f"bench-{model}-{category.replace('/', '-')}-{shots}-{labelled}-{seed}",
     )
     last: dict[str, Any] = {}
 
@@ -243,6 +254,7 @@ def run_one(cfg: BenchConfig, model: str, category: str, shots: int | None, seed
         "overrides": json.dumps(cfg.model_overrides, sort_keys=True) if cfg.model_overrides else "",
         "category": category,
         "shots": shots if shots is not None else "all",
+        "labelled_defects": labelled,
         "seed": seed,
         "budget": f"{cfg.minutes} min" if cfg.minutes is not None else f"{cfg.iterations} it",
         **{k: _metric(metrics.get(k)) for k in METRIC_KEYS},
@@ -299,17 +311,23 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _group_value(row: dict[str, Any], key: str) -> str:
+    if key == "labelled_defects":  # rows from before the column existed had none
+        return str(row.get(key) or 0)
+    return str(row.get(key, ""))
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds of every (model, preset, overrides, category, shots, budget) group."""
+    """Mean ± std over seeds of every (model, preset, overrides, category, shots, labelled defects, budget) group."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("error"):
             continue
-        key = tuple(str(row.get(k, "")) for k in ("model", "preset", "overrides", "category", "shots", "budget"))
+        key = tuple(_group_value(row, k) for k in GROUP_KEYS)
         groups.setdefault(key, []).append(row)
     out = []
     for key, members in groups.items():
-        entry = dict(zip(("model", "preset", "overrides", "category", "shots", "budget"), key, strict=True))
+        entry = dict(zip(GROUP_KEYS, key, strict=True))
         entry["seeds"] = len(members)
         for metric in SUMMARY_METRICS:
             digits = 1 if metric in ("train_s", "infer_ms_per_image", "train_images_per_s") else 3
@@ -322,12 +340,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     machines = sorted({f"{r.get('cpu')} ({r.get('cores')} cores), torch {r.get('torch')}" for r in rows})
     lines = ["# Benchmark results", "", "Machine: " + "; ".join(machines), ""]
     lines += ["## Summary (mean ± std over seeds)", ""]
-    head = ["model", "preset", "overrides", "category", "shots", "budget", "seeds", *SUMMARY_METRICS]
+    head = [*GROUP_KEYS, "seeds", *SUMMARY_METRICS]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in summarise(rows):
         lines.append("| " + " | ".join(_fmt(entry.get(k)) for k in head) + " |")
     lines += ["", "## All runs", ""]
-    cols = ["timestamp", "model", "preset", "category", "shots", "seed", "budget", "image_auroc", "pixel_auroc",
+    cols = ["timestamp", "model", "preset", "category", "shots", "labelled_defects", "seed", "budget", "image_auroc",
+            "pixel_auroc",
             "aupro", "iterations", "train_s", "train_images_per_s", "infer_ms_per_image", "peak_rss_mb", "tag",
             "error"]  # fmt: skip
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -374,27 +393,26 @@ def run_bench(cfg: BenchConfig, *, echo: Callable[[str], None] = print) -> list[
     machine = machine_info()
     rows = []
     out_dir = Path(cfg.out_dir)
-    for model in cfg.models:
-        for category in cfg.categories:
-            for shots in cfg.shots:
-                for seed in cfg.seeds:
-                    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-                    echo(f"[{stamp}] {model} {category} shots={shots} seed={seed} ...")
-                    base = {"timestamp": stamp, "model": model, "preset": cfg.preset or "", "category": category,
-                            "shots": shots if shots is not None else "all", "seed": seed, "tag": cfg.tag}  # fmt: skip
-                    try:
-                        with _run_dir(cfg, model, category, shots, seed) as run_dir:
-                            row = {**base, **run_one(cfg, model, category, shots, seed, run_dir)}
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except Exception as exc:  # one failing run must not lose the others
-                        log.exception("bench run failed")
-                        row = {**base, "error": f"{type(exc).__name__}: {exc}"}
-                    row.update(machine)
-                    row["threads"] = torch.get_num_threads()
-                    rows.append(row)
-                    append_rows(out_dir, cfg.name, [row])
-                    echo("  " + _row_line(row))
+    grid = itertools.product(cfg.models, cfg.categories, cfg.shots, cfg.labelled_defects, cfg.seeds)
+    for model, category, shots, labelled, seed in grid:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        echo(f"[{stamp}] {model} {category} shots={shots} labelled_defects={labelled} seed={seed} ...")
+        base = {"timestamp": stamp, "model": model, "preset": cfg.preset or "", "category": category,
+                "shots": shots if shots is not None else "all", "labelled_defects": labelled, "seed": seed,
+                "tag": cfg.tag}  # fmt: skip
+        try:
+            with _run_dir(cfg, model, category, shots, seed, labelled) as run_dir:
+                row = {**base, **run_one(cfg, model, category, shots, seed, run_dir, labelled)}
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one failing run must not lose the others
+            log.exception("bench run failed")
+            row = {**base, "error": f"{type(exc).__name__}: {exc}"}
+        row.update(machine)
+        row["threads"] = torch.get_num_threads()
+        rows.append(row)
+        append_rows(out_dir, cfg.name, [row])
+        echo("  " + _row_line(row))
     return rows
 
 
@@ -406,9 +424,12 @@ def _row_line(row: dict[str, Any]) -> str:
 
 
 @contextmanager
-def _run_dir(cfg: BenchConfig, model: str, category: str, shots: int | None, seed: int) -> Iterator[Path]:
+def _run_dir(
+    cfg: BenchConfig, model: str, category: str, shots: int | None, seed: int, labelled: int = 0
+) -> Iterator[Path]:
     if cfg.keep_runs:
-        path = Path(cfg.keep_runs) / f"{model}-{category.replace('/', '-')}-{shots}-{seed}-{int(time.time())}"
+        stem = f"{model}-{category.replace('/', '-')}-{shots}-{labelled}-{seed}-{int(time.time())}"
+        path = Path(cfg.keep_runs) / stem
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return

@@ -65,6 +65,7 @@ class FakeSpec:
     minutes: float | None = None
     device: str = "auto"
     seed: int = 0
+    labelled_defects: int = 0
     name: str | None = None
 
 
@@ -139,6 +140,28 @@ def test_config_validation() -> None:
         bench.BenchConfig(models=["draem"], categories=["x"], minutes=1, iterations=3)
     with pytest.raises(ConfigError, match="at least one model"):
         bench.BenchConfig(models=[], categories=["x"], minutes=1)
+    with pytest.raises(ConfigError, match="labelled defects"):
+        bench.BenchConfig(models=["aae"], categories=["x"], minutes=1, labelled_defects=[-1])
+
+
+def test_labelled_defects_reach_the_run_and_group_apart(tmp_path, monkeypatch) -> None:
+    make_mvtec(tmp_path / "d" / "cat")
+    calls: list = []
+    monkeypatch.setattr(bench, "_run_api", fake_api(calls))
+    out = tmp_path / "o"
+    code = cli_main(["bench", "--models", "aae", "--categories", "cat", "--labelled-defects", "0", "2",
+                     "--seeds", "0", "1", "--iterations", "2", "--data-root", str(tmp_path / "d"), "--out", str(out),
+                     "--infer-repeats", "1"])  # fmt: skip
+    assert code == 0
+    assert [(c.labelled_defects, c.seed) for c in calls] == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    rows = json.loads((out / "bench.json").read_text())
+    assert [r["labelled_defects"] for r in rows] == [0, 0, 2, 2]
+    # a row written before the column existed counts as 0 labelled defects
+    legacy = {k: v for k, v in rows[0].items() if k != "labelled_defects"}
+    summary = bench.summarise([*rows, legacy])
+    assert sorted((s["labelled_defects"], s["seeds"]) for s in summary) == [("0", 3), ("2", 2)]
+    with open(out / "bench.csv") as fh:
+        assert [r["labelled_defects"] for r in csv.DictReader(fh)] == ["0", "0", "2", "2"]
 
 
 def test_cli_parses_and_reports_errors(tmp_path, monkeypatch, capsys) -> None:
@@ -166,5 +189,13 @@ def test_real_tiny_bench_run(tmp_path) -> None:
     row = rows[0]
     assert 0 <= row["image_auroc"] <= 1 and 0 <= row["pixel_auroc"] <= 1
     assert row["iterations"] == 3 and row["train_s"] > 0 and row["image_size"] == 32
+    assert (row["n_good"], row["n_defect"], row["labelled_defects"]) == (3, 3, 0)
+    # AAE uses labelled defects: the one it trains on leaves the evaluation (3 defects in the test split -> 2)
+    aae = bench.BenchConfig(models=["aae"], categories=["cat"], shots=[4], iterations=3, labelled_defects=[1],
+                            model_overrides={"image_size": 16, "width": 4, "blocks": 2, "batch_size": 4},
+                            data_root=str(tmp_path / "data"), out_dir=str(out), threads=1, infer_repeats=1)  # fmt: skip
+    row = bench.run_bench(aae, echo=lambda _: None)[0]
+    assert not row.get("error"), row.get("error")
+    assert (row["n_good"], row["n_defect"], row["labelled_defects"]) == (3, 2, 1)
     for ext in ("csv", "json", "md"):
         assert (out / f"bench.{ext}").stat().st_size > 0

@@ -37,6 +37,7 @@ def bench_command(args: argparse.Namespace) -> int:
         categories=args.categories,
         shots=args.shots,
         seeds=args.seeds,
+        labelled_defects=args.labelled_defects,
         minutes=args.minutes,
         iterations=args.iterations,
         preset=args.preset,
@@ -66,6 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shots", nargs="+", type=_shots, default=[20], help="training images per run ('all' = every)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument(
+        "--labelled-defects",
+        nargs="+",
+        type=int,
+        default=[0],
+        metavar="K",
+        help="K real defect images of the test split go to training and leave the evaluation (default 0)",
+    )
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="training wall-clock budget per run")
     budget.add_argument("--iterations", type=int, help="training iterations per run")
