@@ -2,6 +2,7 @@
 # Reproduce the DSR CPU benchmark table benchmarks/results/dsr.* (see benchmarks/README.md and notes/dsr.md).
 # Every timed run holds the shared lock so two timed runs never overlap. Usage:
 #   bash benchmarks/run_dsr.sh [MINUTES] [PRESET] [SEEDS...]     (defaults: 10 cpu 0)
+#   CATEGORIES="magnetic_tile/magnetic_tile aitex/fabric01" bash benchmarks/run_dsr.sh 10 cpu 1 2
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 minutes="${1:-10}"
@@ -10,7 +11,8 @@ seeds=("${@:3}")
 [ ${#seeds[@]} -eq 0 ] && seeds=(0)
 py="${PYTHON:-python}"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep (big win on a shared 2-core CPU)
-for category in mvtec3d_ad/tire mvtec_ad/bottle magnetic_tile/magnetic_tile aitex/fabric01; do
+categories=${CATEGORIES:-"mvtec3d_ad/tire mvtec_ad/bottle magnetic_tile/magnetic_tile aitex/fabric01"}
+for category in $categories; do
   flock /tmp/recon-bench.lock "$py" -m recon_core bench --models dsr --preset "$preset" --minutes "$minutes" \
     --threads 2 --categories "$category" --shots 20 --seeds "${seeds[@]}" --out benchmarks/results --name dsr --tag target
 done
