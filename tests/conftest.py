@@ -15,3 +15,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs the real images in {SHARED_DATA} (set RECON_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_model_env(monkeypatch):
+    """Register the tiny test model (tests/tiny_model.py) and run torch on one thread: tiny convs gain nothing from
+    more threads, which only spin on a shared, busy machine. RECON_THREADS is what execute_run configures from."""
+    import torch
+    from tiny_model import register_tiny
+
+    register_tiny(monkeypatch)
+    monkeypatch.setenv("RECON_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

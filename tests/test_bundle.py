@@ -9,21 +9,14 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from tiny_model import TinyConfig, TinyModel, register_tiny, tiny_images
+from tiny_model import TinyConfig, TinyModel, tiny_images
 
 from recon_core.bundle import FORMAT_VERSION, load_bundle, read_bundle_dict, read_metadata, save_bundle, set_threshold
 from recon_core.errors import CheckpointError
 from recon_core.metrics import Threshold
 from recon_core.synth import SynthConfig
 
-
-@pytest.fixture(autouse=True)
-def _tiny(monkeypatch):
-    register_tiny(monkeypatch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: extra threads only spin on a shared, busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_model_env")
 
 
 @pytest.fixture

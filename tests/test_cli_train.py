@@ -9,23 +9,14 @@ import zipfile
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
-from tiny_model import TinyConfig, TinyModel, make_mvtec, register_tiny, tiny_images
+from tiny_model import TinyConfig, TinyModel, make_mvtec, tiny_images
 
 from recon_core.bundle import load_bundle, save_bundle
 from recon_core.cli import main
 from recon_core.errors import ConfigError
 from recon_core.export import export_bundle_zip, export_onnx
 
-
-@pytest.fixture(autouse=True)
-def _tiny(monkeypatch):
-    register_tiny(monkeypatch)
-    monkeypatch.setenv("RECON_THREADS", "1")  # execute_run configures torch threads from it
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: extra threads only spin on a shared, busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_model_env")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_model import make_mvtec, register_tiny
+from tiny_model import make_mvtec
 
 from recon_core.bundle import load_bundle
 from recon_core.errors import CheckpointError, ConfigError, DataError, TrainingCancelled
@@ -18,15 +18,7 @@ from recon_core.inference import overlay, predict_paths, write_csv
 from recon_core.runs import RunSpec, execute_run, resolve_data_path
 from recon_core.synth import SynthConfig
 
-
-@pytest.fixture(autouse=True)
-def _tiny(monkeypatch):
-    register_tiny(monkeypatch)
-    monkeypatch.setenv("RECON_THREADS", "1")  # execute_run configures torch threads from it
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: extra threads only spin on a shared, busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_model_env")
 
 
 @pytest.fixture

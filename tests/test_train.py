@@ -8,7 +8,7 @@ import errno
 import numpy as np
 import pytest
 import torch
-from tiny_model import TinyConfig, TinyModel, register_tiny, tiny_images
+from tiny_model import TinyConfig, TinyModel, tiny_images
 
 from recon_core import train as train_mod
 from recon_core.bundle import load_bundle, read_bundle_dict
@@ -16,14 +16,7 @@ from recon_core.errors import TrainingCancelled, TrainingError
 from recon_core.models.base import Budget, TrainingStage
 from recon_core.train import fit, lr_factor, stage_lengths
 
-
-@pytest.fixture(autouse=True)
-def _tiny(monkeypatch):
-    register_tiny(monkeypatch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: extra threads only spin on a shared, busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_model_env")
 
 
 def weights(model: TinyModel) -> dict[str, torch.Tensor]:

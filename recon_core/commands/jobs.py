@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from recon_core.errors import ConfigError
+from recon_core.commands.train import parse_overrides
 from recon_core.jobs import Job, JobStore, default_workspace, run_worker
 
 FOLLOW_POLL_S = 0.5
@@ -22,23 +22,6 @@ FOLLOW_POLL_S = 0.5
 
 def _store(args: argparse.Namespace) -> JobStore:
     return JobStore(args.workspace or default_workspace())
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set image_size=128")
-        out[key.strip()] = _parse_value(value.strip())
-    return out
 
 
 def build_spec(args: argparse.Namespace) -> Any:
@@ -60,7 +43,7 @@ def build_spec(args: argparse.Namespace) -> Any:
     }
     values.update({k: v for k, v in optional.items() if v is not None})
     if args.set:
-        values["model_overrides"] = _overrides(args.set)
+        values["model_overrides"] = parse_overrides(args.set)
     if args.synth:
         values["synth"] = from_dict(SynthConfig, load_json(args.synth), where=str(args.synth))
     return from_dict(RunSpec, values, where="run spec")

@@ -28,7 +28,8 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """--set KEY=VALUE pairs -> model config overrides (VALUE parsed as JSON when it is JSON, else a string)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -113,7 +114,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         "data": args.path,
         "model": args.model,
         "preset": args.preset,
-        "model_overrides": _overrides(args.set),
+        "model_overrides": parse_overrides(args.set),
         "shots": args.shots,
         "synth": _synth_from_arg(args.synth_config),
         "iterations": args.iterations,
