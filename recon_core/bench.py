@@ -74,6 +74,8 @@ COLUMNS = (
 )
 GROUP_KEYS = ("model", "preset", "overrides", "category", "shots", "labelled_defects", "budget")
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "train_s", "train_images_per_s", "infer_ms_per_image")
+# timings swing with the machine's load (shared 2-core box): the summary gives their median, not mean ± std
+TIMING_METRICS = ("train_s", "train_images_per_s", "infer_ms_per_image")
 
 
 def default_data_root() -> Path:
@@ -317,8 +319,14 @@ def _group_value(row: dict[str, Any], key: str) -> str:
     return str(row.get(key, ""))
 
 
+def _median(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    return f"{statistics.median(values):.1f}" if values else "–"
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds of every (model, preset, overrides, category, shots, labelled defects, budget) group."""
+    """Per (model, preset, overrides, category, shots, labelled defects, budget) group: metrics as mean ± std over
+    seeds, timings as the median."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("error"):
@@ -330,8 +338,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry = dict(zip(GROUP_KEYS, key, strict=True))
         entry["seeds"] = len(members)
         for metric in SUMMARY_METRICS:
-            digits = 1 if metric in ("train_s", "infer_ms_per_image", "train_images_per_s") else 3
-            entry[metric] = _mean_std([_metric(m.get(metric)) for m in members], digits)
+            values = [_metric(m.get(metric)) for m in members]
+            entry[metric] = _median(values) if metric in TIMING_METRICS else _mean_std(values)
         out.append(entry)
     return out
 
@@ -339,7 +347,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     machines = sorted({f"{r.get('cpu')} ({r.get('cores')} cores), torch {r.get('torch')}" for r in rows})
     lines = ["# Benchmark results", "", "Machine: " + "; ".join(machines), ""]
-    lines += ["## Summary (mean ± std over seeds)", ""]
+    lines += ["## Summary (metrics: mean ± std over seeds; timings: median)", ""]
     head = [*GROUP_KEYS, "seeds", *SUMMARY_METRICS]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in summarise(rows):

@@ -113,6 +113,7 @@ def test_result_files_append_and_summarise(tmp_path, monkeypatch) -> None:
     assert len(table) == 3 and table[0]["image_auroc"] == "0.9" and table[2]["preset"] == "cpu-fast"
     md = (out / "bench.md").read_text()
     assert "0.910 ± 0.014" in md  # mean ± std of seeds 0 and 2 (0.90, 0.92)
+    assert "| 2.0 | 20.0 |" in md  # timings: medians (train_s, images/s), not mean ± std
     assert "cpu-fast" in md and md.count("| draem |") == 5  # 2 summary groups + 3 runs
     summary = bench.summarise(saved)
     assert {s["seeds"] for s in summary} == {1, 2}
