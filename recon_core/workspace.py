@@ -575,6 +575,14 @@ def remove_image(project: Project, name: str) -> None:
     split(project)
 
 
+def remove_defect(project: Project, name: str) -> None:
+    """Remove one real defect image (by file name) and its mask."""
+    target = project.defect_dir / _clean_filename(name)
+    if not target.is_file():
+        raise DataError(f"{name}: not a defect image of project {project.name}")
+    target.unlink()
+    (project.mask_dir / f"{target.stem}_mask.png").unlink(missing_ok=True)
+
 def save_textures(project: Project, files: list[tuple[str, bytes]]) -> ImportReport:
     """Uploaded texture images (or a zip of them) into <project>/textures for texture_source 'folder'."""
     report = ImportReport()
@@ -621,6 +629,45 @@ def eval_cache(run_dir: Path) -> Path:
     """Where the app caches its evaluation of a run on the project's current test images."""
     return Path(run_dir) / "eval_app"
 
+
+INSPECT_KEEP = 48  # images whose heat maps are kept with a run's last inspection (all rows are kept)
+
+
+def save_inspection(
+    run_dir: Path, rows: list[dict[str, Any]], maps: dict[str, np.ndarray], images: dict[str, np.ndarray]
+) -> None:
+    """Keep a run's last inspection (`inference.predict_paths` output) so the page can redraw it after a rerun or
+    a restart: rows in inspect_last.json, the first INSPECT_KEEP images (uint8) and maps in an npz."""
+    keep = [r["path"] for r in rows if r["path"] in maps][:INSPECT_KEEP]
+    stem = Path(run_dir) / "inspect_last"
+    if keep:
+        np.savez_compressed(
+            stem.with_suffix(".npz"),
+            paths=np.array(keep),
+            images=np.stack([(np.clip(images[p], 0, 1) * 255 + 0.5).astype(np.uint8) for p in keep]),
+            maps=np.stack([maps[p].astype(np.float32) for p in keep]),
+        )
+    else:
+        stem.with_suffix(".npz").unlink(missing_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"time": time.time(), "rows": rows}))
+
+
+def load_inspection(
+    run_dir: Path,
+) -> tuple[float, list[dict[str, Any]], dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """-> (time, rows, maps, images) of the last `save_inspection`, or None when there is none (or it is damaged)."""
+    stem = Path(run_dir) / "inspect_last"
+    try:
+        saved = json.loads(stem.with_suffix(".json").read_text())
+        maps: dict[str, np.ndarray] = {}
+        images: dict[str, np.ndarray] = {}
+        if stem.with_suffix(".npz").is_file():
+            with np.load(stem.with_suffix(".npz")) as npz:
+                for p, img, amap in zip(npz["paths"].tolist(), npz["images"], npz["maps"], strict=True):
+                    images[p], maps[p] = img, amap
+        return float(saved["time"]), list(saved["rows"]), maps, images
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 def synth_to_dict(config: SynthConfig) -> dict[str, Any]:
     return to_dict(config)
