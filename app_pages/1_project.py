@@ -3,11 +3,21 @@ defects with masks, see every file's validation result, the split and the warnin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import streamlit as st
 
 from app_pages._ui import current_project, guarded, switch_project, thumbs, ws
-from recon_core.workspace import add_defect, create_project, import_folder, import_uploads, remove_image, split
+from recon_core.workspace import (
+    add_defect,
+    create_project,
+    import_folder,
+    import_uploads,
+    remove_defect,
+    remove_image,
+    split,
+)
 
 
 def _show_report(report) -> None:
@@ -24,6 +34,18 @@ def _draw_report(report) -> None:
         st.error(f"{f.name}: {f.reason}")
     for note in report.notes:
         st.info(note)
+
+
+def remover(kind: str, names: list[str], remove: Callable[[str], None]) -> None:
+    """A picker + button that deletes one image from the project (goods: any split; defects: with their mask)."""
+    if not names:
+        return
+    key = kind.split()[0]
+    r1, r2 = st.columns([3, 1], vertical_alignment="bottom")
+    doomed = r1.selectbox(f"Remove a {kind}", names, key=f"remove_{key}_name")
+    if r2.button("Remove", key=f"remove_{key}"):
+        remove(doomed)
+        st.rerun()
 
 
 def new_project_form() -> None:
@@ -113,24 +135,21 @@ def body() -> None:
     )
     with t_train:
         thumbs(project.train_goods())
-    goods = [g.name for g in project.goods()]
-    if goods:
-        r1, r2 = st.columns([3, 1])
-        doomed = r1.selectbox("Remove a good image", goods, key="remove_image_name")
-        r2.write("")
-        if r2.button("Remove image", key="remove_image"):
-            remove_image(project, doomed)
-            st.rerun()
+        remover("good image", [g.name for g in project.goods()], lambda name: remove_image(project, name))
     with t_test:
         thumbs(project.test_goods())
     with t_def:
-        for img, mask in project.defects()[:24]:
+        defects = project.defects()
+        if not defects:
+            st.caption("No real defects yet: add some above (optional; without them evaluation uses synthetic ones).")
+        for img, mask in defects[:24]:
             a, b, _ = st.columns([1, 1, 4])
             a.image(str(img), caption=img.name, width=140)
             if mask is not None:
                 b.image(str(mask), caption="mask", width=140)
             else:
                 b.caption("no mask")
+        remover("defect", [img.name for img, _ in defects], lambda name: remove_defect(project, name))
     with t_report:
         rows = project.report()
         if rows:

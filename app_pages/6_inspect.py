@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from app_pages._ui import bundle, guarded, pick_run, require_project
 from recon_core.export import export_bundle_zip, export_onnx
 from recon_core.images import list_images
 from recon_core.inference import overlay, predict_paths
-from recon_core.workspace import MAX_FILES, safe_extract_zip
+from recon_core.workspace import MAX_FILES, load_inspection, safe_extract_zip, save_inspection
 
 ONNX_NOTE = """```python
 import numpy as np, onnxruntime as ort
@@ -46,42 +47,74 @@ def inspect(run_dir: Path) -> None:
     else:
         folder = st.text_input("Folder path", key="inspect_folder")
         files = None
-    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="inspect_alpha")
-    if not st.button("Run inspection", type="primary", key="run_inspect", disabled=not (files or folder)):
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        if files:
-            paths = []
-            for f in files[:MAX_FILES]:
-                if f.name.lower().endswith(".zip"):
-                    extracted, notes = safe_extract_zip(f.getvalue(), Path(tmp) / f"zip{len(paths)}")
-                    paths += extracted
-                    for note in notes:
-                        st.info(note)
-                else:
-                    target = Path(tmp) / Path(f.name).name
-                    target.write_bytes(f.getvalue())
-                    paths.append(target)
+    if st.button("Run inspection", type="primary", key="run_inspect", disabled=not (files or folder)):
+        run_inspection(run_dir, files, folder)
+    show_last(run_dir)
+
+
+def _stage(files, tmp: Path) -> list[Path]:
+    """Uploaded files (images, zips unpacked with the safe extractor) written to `tmp`."""
+    paths: list[Path] = []
+    for f in files[:MAX_FILES]:
+        if f.name.lower().endswith(".zip"):
+            extracted, notes = safe_extract_zip(f.getvalue(), tmp / f"zip{len(paths)}")
+            paths += extracted
+            for note in notes:
+                st.info(note)
         else:
-            paths = list_images(Path(folder).expanduser())[:MAX_FILES]
+            target = tmp / Path(f.name).name
+            target.write_bytes(f.getvalue())
+            paths.append(target)
+    return paths
+
+
+def run_inspection(run_dir: Path, files, folder: str | None) -> None:
+    """Score the images and keep the result in the run folder (shown until the next inspection)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) if files else Path(folder).expanduser()
+        paths = _stage(files, base) if files else list_images(base)[:MAX_FILES]
         if not paths:
             st.warning("No images to inspect.")
             return
         with st.spinner(f"Scoring {len(paths)} image(s)…"):
             rows, maps, images = predict_paths(bundle(run_dir), paths)
-    df = pd.DataFrame([{**r, "path": Path(r["path"]).name} for r in rows])
-    st.dataframe(df, hide_index=True, width="stretch", key="inspect_table")
+
+    def shown(path: str) -> str:  # the name relative to the upload / folder: unique, and readable
+        return Path(path).relative_to(base).as_posix() if Path(path).is_relative_to(base) else Path(path).name
+
+    save_inspection(
+        run_dir,
+        [{**r, "path": shown(r["path"])} for r in rows],
+        {shown(k): v for k, v in maps.items()},
+        {shown(k): v for k, v in images.items()},
+    )
+
+
+def show_last(run_dir: Path) -> None:
+    last = load_inspection(run_dir)
+    if last is None:
+        st.caption("No inspection yet with this run: upload images or give a folder, then **Run inspection**.")
+        return
+    when, rows, maps, images = last
+    st.markdown(f"**Last inspection** ({time.strftime('%Y-%m-%d %H:%M', time.localtime(when))}, {len(rows)} images)")
+    df = pd.DataFrame(rows).rename(columns={"path": "image"})
+    st.dataframe(df, hide_index=True, width="stretch", key="inspect_table", height=min(36 + 35 * len(df), 300))
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     st.download_button("Download CSV", buf.getvalue(), file_name="inspection.csv", mime="text/csv", key="inspect_csv")
+    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="inspect_alpha")
+    shown = [r for r in rows if r["path"] in maps]
     cols = st.columns(4)
-    for i, row in enumerate(r for r in rows if r["score"] is not None):
+    for i, row in enumerate(shown):
+        name = row["path"]
         with cols[i % 4]:
             st.image(
-                overlay(images[row["path"]], maps[row["path"]], alpha),
-                caption=f"{(row['verdict'] or 'no threshold').upper()} · {Path(row['path']).name} · {row['score']:.4f}",
+                overlay(images[name], maps[name], alpha),
+                caption=f"{(row['verdict'] or 'no threshold').upper()} · {name} · {row['score']:.4f}",
                 width="stretch",
             )
+    if len(shown) < sum(r["score"] is not None for r in rows):
+        st.caption(f"Heat maps of the first {len(shown)} images are kept; all scores are in the table and the CSV.")
 
 
 def export(run_dir: Path) -> None:

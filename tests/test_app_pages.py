@@ -152,7 +152,42 @@ def test_inspect_page(workspace: Path) -> None:
     at.button(key="run_inspect").click()
     at.run()
     assert not at.exception
-    assert len(at.dataframe) >= 1
+    n_defects = len(list((workspace / "demo" / "data" / "test" / "defect").glob("*.png")))
+    assert len(at.dataframe[0].value) == n_defects
+    at.slider(key="inspect_alpha").set_value(0.8)  # any rerun: the last result stays
+    at.run()
+    assert not at.exception and len(at.dataframe) == 1 and len(at.image) == n_defects
+    fresh = run_page("6_inspect.py")  # a new session (tab closed, app restarted): still there, from the run folder
+    assert len(fresh.dataframe) == 1 and len(fresh.dataframe[0].value) == n_defects
+    assert "Last inspection" in texts(fresh)
+
+
+def test_remove_defect_with_its_mask(workspace: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from recon_core.workspace import add_defect, create_project
+
+    project = create_project(workspace, "defects")
+    for name, mode in (("scratch.png", "RGB"), ("mask.png", "L")):
+        Image.new(mode, (32, 32), 200).save(tmp_path / name)
+    add_defect(
+        project,
+        ("scratch.png", (tmp_path / "scratch.png").read_bytes()),
+        ("m.png", (tmp_path / "mask.png").read_bytes()),
+    )
+    assert len(project.defects()) == 1 and project.defects()[0][1] is not None
+    (workspace / "app_state.json").write_text(json.dumps({"project": "defects"}))
+    try:
+        at = run_page("1_project.py")
+        assert at.selectbox(key="remove_defect_name").value == "scratch.png"
+        at.button(key="remove_defect").click()
+        at.run()
+        assert not at.exception
+        assert project.defects() == [] and not list(project.mask_dir.glob("*.png"))
+        assert [m.value for m in at.metric][3] == "0"
+        assert "remove_defect" not in [b.key for b in at.button]  # nothing left to remove
+    finally:
+        (workspace / "app_state.json").write_text(json.dumps({"project": "demo"}))
 
 
 def test_empty_workspace_shows_guidance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
