@@ -59,11 +59,32 @@ def _json_or_none(value: Any) -> str | None:
     return json.dumps(to_dict(value) if hasattr(value, "__dataclass_fields__") else value)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete half-written temporaries of `path` left by a writer that was killed mid-write (SIGKILL, power loss):
+    a model-sized file each, otherwise never reclaimed. A live writer's temporary is left alone."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """Write to a temporary file in the same folder, fsync, then os.replace: a kill or a full disk during the
     write leaves the previous file intact. OSError (e.g. ENOSPC) propagates after the temporary is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -115,22 +136,39 @@ def save_bundle(
     atomic_torch_save(payload, path)
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (EOFError and friends may have none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip checkpoint (torch >= 1.6) or a legacy pickle (protocol 2+ starts with 0x80)."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
 def read_bundle_dict(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """The raw bundle dict, checked for format and version; every failure is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes): not a checkpoint")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _looks_like_torch_file(path):  # e.g. a photo renamed .pt: garbage, not code
+            raise CheckpointError(f"{path}: not a torch checkpoint (unrecognised content)") from exc
         # weights_only refuses anything but tensors and plain types: the file holds pickled objects/code
         raise CheckpointError(
             f"{path}: refused to load: it contains pickled Python objects or code, which a Recon Studio bundle "
-            f"never does (only load files you trust) ({str(exc).splitlines()[0][:200]})"
+            f"never does (only load files you trust) ({_first_line(exc)})"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as exc:
         raise CheckpointError(
-            f"{path}: truncated or corrupt file (not a readable torch checkpoint): {str(exc).splitlines()[0][:200]}"
+            f"{path}: truncated or corrupt file (not a readable torch checkpoint): {_first_line(exc)}"
         ) from exc
     except Exception as exc:  # torch raises assorted types on garbage; never let them escape unexplained
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
@@ -177,7 +215,7 @@ def build_model(raw: dict[str, Any], device: Any, path: Path, expected_model: st
     model = cls(config, device)
     try:
         model.load_state_dict(raw["state"])
-    except (ReconError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+    except (ReconError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:  # e.g. state None
         raise CheckpointError(f"{path}: weights do not fit the {name!r} model: {str(exc)[:300]}") from exc
     return model
 

@@ -111,6 +111,12 @@ def _open_checked(path: Path, handle, min_side: int) -> Image.Image:
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
+        kind = _sniff(handle)
+        if kind:  # the signature is right, the rest is not: say so instead of "not an image"
+            raise ImageError(
+                f"{shown}: looks like a {kind} file but cannot be read (damaged, or a {kind} variant this loader "
+                "does not support)"
+            ) from exc
         raise ImageError(f"{shown}: not an image file (or an unsupported format)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{shown}: image is larger than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit") from exc
@@ -119,6 +125,27 @@ def _open_checked(path: Path, handle, min_side: int) -> Image.Image:
         if "truncated" in text.lower() or isinstance(exc, EOFError):
             raise ImageError(f"{shown}: file is truncated or damaged ({text})") from exc
         raise ImageError(f"{shown}: could not decode ({text})") from exc
+
+
+_SIGNATURES = (
+    (b"\x89PNG", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WEBP"),
+)
+
+
+def _sniff(handle) -> str | None:
+    """The format a file's first bytes announce, or None."""
+    try:
+        handle.seek(0)
+        head = handle.read(8)
+    except (OSError, ValueError):
+        return None
+    return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
 
 
 def _read(path: str | os.PathLike, min_side: int = MIN_IMAGE_SIDE) -> Image.Image:
@@ -340,6 +367,23 @@ def _find_mask(gt_dir: Path, image_path: Path) -> Path | None:
     return None
 
 
+def _orphan_masks(root: Path) -> list[ImageProblem]:
+    """Masks in ground_truth/<type>/ with no test/<type>/ image of that name: reported, never silently dropped."""
+    gt_root = root / "ground_truth"
+    if not gt_root.is_dir():
+        return []
+    problems = []
+    for gt_dir in sorted((d for d in gt_root.iterdir() if d.is_dir()), key=lambda d: d.name):
+        image_dir = root / "test" / gt_dir.name
+        stems = {p.stem for p in list_images(image_dir)} if image_dir.is_dir() else set()
+        for mask in list_images(gt_dir):
+            stem = mask.stem[: -len(MASK_SUFFIX)] if mask.stem.endswith(MASK_SUFFIX) else mask.stem
+            if stem not in stems:
+                reason = f"mask without an image (no test/{gt_dir.name}/{display_path(stem)}.*); ignored"
+                problems.append(ImageProblem(str(mask), reason))
+    return problems
+
+
 def load_test_set(root: str | os.PathLike, size: int | None) -> TestSet | None:
     """test/<type>/ images with labels (good = 0), masks from ground_truth/<type>/<name>_mask.png."""
     root = Path(root)
@@ -390,6 +434,7 @@ def load_test_set(root: str | os.PathLike, size: int | None) -> TestSet | None:
             labels.append(0 if is_good else 1)
             paths.append(str(p))
             kinds.append("good" if is_good else type_dir.name)
+    problems.extend(_orphan_masks(root))
     if not images:
         return None
     return TestSet(

@@ -28,6 +28,7 @@ import shutil
 import stat
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -44,6 +45,7 @@ MAX_FILE_BYTES = 25 * 1024 * 1024  # one uploaded image
 MAX_FILES = 500  # images in one import
 MAX_ZIP_MEMBERS = 2000  # entries in one archive (directories included)
 MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024  # declared AND actually written uncompressed bytes
+MAX_NAME_CHARS = 120  # stored file names are cut to this (ASCII after cleaning; room for _unique's suffix)
 MAX_ZIP_RATIO = 200.0  # uncompressed / compressed per member: higher is a bomb
 HOLDOUT_SHARE = 0.2
 HOLDOUT_MIN = 2
@@ -340,43 +342,69 @@ def safe_extract_zip(
                 raise DataError(f"zip entry {info.filename!r} is compressed {ratio:.0f}x: zip bomb?")
         if declared > max_total_bytes:
             raise DataError(f"zip unpacks to {declared / 1e6:.0f} MB; at most {max_total_bytes / 1e6:.0f} MB accepted")
-        written_total = 0
         out: list[Path] = []
-        for info in infos:
-            if info.is_dir():
-                continue
-            rel = _safe_member_name(info.filename) or ""
-            base = PurePosixPath(rel).name
-            if base.startswith(".") or "__MACOSX" in rel:
-                continue
-            suffix = PurePosixPath(base).suffix.lower()
-            if suffix in (".zip", ".tar", ".gz", ".tgz", ".7z", ".rar"):
-                notes.append(f"{rel}: nested archive ignored (unpack it first)")
-                continue
-            if suffix not in SUPPORTED_SUFFIXES:
-                notes.append(f"{rel}: not an image file ({suffix or 'no suffix'}), ignored")
-                continue
-            if info.file_size > max_file_bytes:
-                notes.append(f"{rel}: {info.file_size / 1e6:.1f} MB is above the {max_file_bytes / 1e6:.0f} MB limit")
-                continue
-            target = _unique(dest / _clean_filename(base))
-            written = 0
+        try:
+            _extract_members(archive, infos, dest, out, notes, max_total_bytes, max_file_bytes)
+        except DataError:
+            for path in out:  # the archive is refused as a whole: nothing half-unpacked stays behind
+                path.unlink(missing_ok=True)
+            raise
+    return out, notes
+
+
+def _extract_members(
+    archive: zipfile.ZipFile,
+    infos: list[zipfile.ZipInfo],
+    dest: Path,
+    out: list[Path],
+    notes: list[str],
+    max_total_bytes: int,
+    max_file_bytes: int,
+) -> None:
+    """Stream the image members to `dest`, appending each written path to `out` (even a partial one, so the
+    caller can clean up). A damaged, encrypted or lying member raises DataError naming it."""
+    written_total = 0
+    for info in infos:
+        if info.is_dir():
+            continue
+        rel = _safe_member_name(info.filename) or ""
+        base = PurePosixPath(rel).name
+        if base.startswith(".") or "__MACOSX" in rel:
+            continue
+        suffix = PurePosixPath(base).suffix.lower()
+        if suffix in (".zip", ".tar", ".gz", ".tgz", ".7z", ".rar"):
+            notes.append(f"{rel}: nested archive ignored (unpack it first)")
+            continue
+        if suffix not in SUPPORTED_SUFFIXES:
+            notes.append(f"{rel}: not an image file ({suffix or 'no suffix'}), ignored")
+            continue
+        if info.file_size > max_file_bytes:
+            notes.append(f"{rel}: {info.file_size / 1e6:.1f} MB is above the {max_file_bytes / 1e6:.0f} MB limit")
+            continue
+        target = _unique(dest / _clean_filename(base))
+        out.append(target)
+        written = 0
+        try:
             # stream with a hard cap: the header's sizes may lie
             with archive.open(info) as src, open(target, "wb") as dst:
                 while chunk := src.read(1 << 16):
                     written += len(chunk)
                     written_total += len(chunk)
                     if written > max_file_bytes or written_total > max_total_bytes:
-                        dst.close()
-                        target.unlink(missing_ok=True)
                         raise DataError(f"zip entry {rel!r} unpacks to more than its declared size — archive refused")
                     dst.write(chunk)
-            out.append(target)
-    return out, notes
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise DataError(f"zip entry {rel!r} is damaged ({exc}) — archive refused") from exc
+        except RuntimeError as exc:  # zipfile: encrypted member, password required
+            raise DataError(f"zip entry {rel!r} cannot be read ({exc}) — archive refused") from exc
 
 
 def _clean_filename(name: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(name.replace("\\", "/")).name).strip("._")
+    if len(name) > MAX_NAME_CHARS:  # file systems refuse names over 255 bytes (the whole import would fail)
+        stem, dot, suffix = name.rpartition(".")
+        keep = dot + suffix if stem and len(suffix) < 16 else ""  # keep the image suffix
+        name = name[: MAX_NAME_CHARS - len(keep)] + keep
     return name or "image"
 
 
