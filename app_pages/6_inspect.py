@@ -110,7 +110,7 @@ def show_last(run_dir: Path) -> None:
         with cols[i % 4]:
             st.image(
                 overlay(images[name], maps[name], alpha),
-                caption=f"{(row['verdict'] or 'no threshold').upper()} · {name} · {row['score']:.4f}",
+                caption=f"{(row['verdict'] or 'no threshold').upper()} · {name} · {row['score']:.5f}",
                 width="stretch",
             )
     if len(shown) < sum(r["score"] is not None for r in rows):
