@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from recon_core.config import from_dict, save_json, to_dict
-from recon_core.errors import ConfigError, DataError, ReconError
+from recon_core.errors import ConfigError, DataError, ReconError, TrainingCancelled
 from recon_core.synth import SynthConfig
 
 log = logging.getLogger(__name__)
@@ -326,6 +326,9 @@ def execute_run(
         write_heatmaps(result, run_dir / "heatmaps")
         log.info("run finished: %s", {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "iterations")})
         return RunResult(str(bundle_path), metrics)
+    except TrainingCancelled as exc:  # a user's decision, not a failure
+        log.info("run cancelled: %s", exc)
+        raise
     except ReconError as exc:
         log.error("run failed: %s", exc)
         raise

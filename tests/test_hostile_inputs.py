@@ -123,6 +123,13 @@ def test_whole_image_corpus_in_one_folder_good_ones_survive(tmp_path):
         assert word in reasons[key], reasons[key]
 
 
+def test_duplicate_uploads_kept_and_reported(tmp_path):
+    p = create_project(tmp_path, "p")
+    report = import_uploads(p, [("a.png", png(1)), ("copy of a.png", png(1)), ("b.png", png(2))])
+    assert len(report.kept) == 3  # decision: kept (harmless for training), reported so the user can remove one
+    assert any(n.startswith("identical files: ") and "a.png" in n and "copy_of_a.png" in n for n in report.notes)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # masks
 
