@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,8 +186,10 @@ def load_eval(path: str | Path) -> EvalResult:
         meta = json.loads(json_path.read_text())
     except FileNotFoundError as exc:
         raise ReconError(f"{exc.filename}: no saved evaluation (run eval first)") from exc
-    except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
-        raise ReconError(f"{stem}: saved evaluation is unreadable ({exc})") from exc
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:  # truncated / damaged files
+        raise ReconError(f"{stem}: saved evaluation is unreadable ({exc}); evaluate again") from exc
+    if not isinstance(meta, dict):
+        raise ReconError(f"{json_path}: saved evaluation is unreadable (not a JSON object); evaluate again")
     return EvalResult(
         labels=data["labels"].astype(int),
         scores=data["scores"].astype(np.float64),

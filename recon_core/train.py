@@ -187,6 +187,18 @@ def _write_checkpoint(path: Path, model: AnomalyModel, synth_config: Any, traini
 def _restore(
     path: Path, model: AnomalyModel, stages: list[TrainingStage], rng: np.random.Generator, state: _State
 ) -> None:
+    try:
+        _load_checkpoint(path, model, stages, rng, state)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:  # a key missing, a bad rng state
+        raise CheckpointError(
+            f"{path}: checkpoint is incomplete or damaged ({type(exc).__name__}: {str(exc)[:200]}); it cannot be "
+            "resumed: delete it to start the run over"
+        ) from exc
+
+
+def _load_checkpoint(
+    path: Path, model: AnomalyModel, stages: list[TrainingStage], rng: np.random.Generator, state: _State
+) -> None:
     from recon_core.bundle import read_bundle_dict
 
     raw = read_bundle_dict(path, map_location=model.device)

@@ -321,3 +321,49 @@ def test_corrupt_project_files_name_the_file_and_keep_the_images(tmp_path):
     with pytest.raises(ConfigError, match=r"project\.json: not valid JSON"):
         open_project(tmp_path, "p").meta()
     assert len(p.goods()) == 5 and len(load_dataset(p.data_dir, 16).train) == 3  # the images are intact
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no rng", "bad rng", "no torch rng"])
+def test_resume_from_a_damaged_checkpoint(tmp_path, monkeypatch, damage):
+    from tiny_model import TinyConfig, TinyModel, register_tiny, tiny_images
+
+    from recon_core.models.base import Budget
+    from recon_core.train import fit
+
+    register_tiny(monkeypatch)
+    ckpt = tmp_path / "checkpoint.pt"
+    fit(TinyModel(TinyConfig()), tiny_images(), None, Budget(iterations=3), checkpoint_path=ckpt, seed=0)
+    raw = read_bundle_dict(ckpt)
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:-500])
+    else:
+        ts = raw["training_state"]
+        {"no rng": lambda: ts.pop("rng"), "bad rng": lambda: ts.update(rng='{"state": 1}'),
+         "no torch rng": lambda: ts.pop("torch_rng")}[damage]()  # fmt: skip
+        torch.save(raw, ckpt)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: .*(corrupt|incomplete or damaged)"):
+        fit(TinyModel(TinyConfig()), tiny_images(), None, Budget(iterations=6), checkpoint_path=ckpt, resume=True)
+    # nothing else is lost: the same run starts over when asked to
+    summary = fit(TinyModel(TinyConfig()), tiny_images(), None, Budget(iterations=6), checkpoint_path=ckpt)
+    assert summary.iterations == 6 and read_bundle_dict(ckpt)["training_state"]["iteration"] == 6
+
+
+@pytest.mark.parametrize("damage", ["truncated npz", "empty npz", "json list"])
+def test_damaged_saved_evaluation(tmp_path, damage):
+    from recon_core.errors import ReconError
+    from recon_core.evaluation import EvalResult, load_eval, save_eval
+
+    result = EvalResult(
+        np.array([0, 1]), np.array([0.1, 0.9]), np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), False, ["a", "b"],
+        ["good", "x"], {}, False,
+    )  # fmt: skip
+    save_eval(result, tmp_path / "eval")
+    npz = tmp_path / "eval.npz"
+    if damage == "truncated npz":
+        npz.write_bytes(npz.read_bytes()[:100])
+    elif damage == "empty npz":
+        npz.write_bytes(b"")
+    else:
+        (tmp_path / "eval.json").write_text("[1, 2]")
+    with pytest.raises(ReconError, match=r"saved evaluation is unreadable.*evaluate again"):
+        load_eval(tmp_path / "eval")
