@@ -65,7 +65,8 @@ def predict_paths(
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    # surrogateescape: a non-UTF-8 file name is written back as its original bytes (it still names the file)
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         writer = csv.DictWriter(fh, CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -111,10 +112,12 @@ def overlay(
 def save_png(path: str | Path, rgb: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)):
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR))
+    if not ok:
         from recon_core.errors import ReconError
 
-        raise ReconError(f"{path}: could not write image")
+        raise ReconError(f"{path}: could not encode image")
+    path.write_bytes(encoded.tobytes())  # Python's open, not cv2.imwrite: any file name, even non-UTF-8
 
 
 def panel(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:

@@ -769,13 +769,21 @@ class JobStore:
         with contextlib.suppress(sqlite3.Error), self._write() as c:
             c.execute(
                 "INSERT INTO logs(job_id, t, level, message) VALUES (?, ?, ?, ?)",
-                (job_id, time.time(), level, message),
+                (job_id, time.time(), level, _storable(message)),
             )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the worker (runs in its own process: `python -m recon_core jobs worker --workspace WS --job ID`)
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _storable(text: str | None) -> str | None:
+    """Text SQLite can store: a path with undecodable bytes (non-UTF-8 file name, kept by Python as surrogate
+    escapes) would make the write raise; those bytes are shown as U+FFFD instead."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class _DbLogHandler(logging.Handler):
@@ -917,7 +925,7 @@ class _Worker:
         self.flush_progress()
         n = self._owned_update(
             "UPDATE jobs SET state=?, finished_at=?, error=?, result=?, cancel_requested=0",
-            (state, time.time(), error, json.dumps(result) if result is not None else None),
+            (state, time.time(), _storable(error), json.dumps(result) if result is not None else None),
         )
         if n:
             log.info("job %s: %s%s", self.job_id, state, f": {error}" if error else "")

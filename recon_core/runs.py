@@ -150,7 +150,7 @@ def _holdout(train: Any, seed: int) -> tuple[np.ndarray, list[str], np.ndarray, 
 
 
 def _attach_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "run.log")
+    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8", errors="backslashreplace")  # odd names
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     root = logging.getLogger("recon_core")

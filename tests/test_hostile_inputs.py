@@ -367,3 +367,24 @@ def test_damaged_saved_evaluation(tmp_path, damage):
         (tmp_path / "eval.json").write_text("[1, 2]")
     with pytest.raises(ReconError, match=r"saved evaluation is unreadable.*evaluate again"):
         load_eval(tmp_path / "eval")
+
+
+def test_predict_on_non_utf8_names_writes_csv_and_heatmaps(bundle_path, tmp_path, capsys):
+    from recon_core.bundle import set_threshold
+    from recon_core.cli import main as cli_main
+    from recon_core.metrics import Threshold
+
+    set_threshold(bundle_path, Threshold(0.5, "manual"))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = [b"caf\xe9.png", b"ok.png"]
+    for i, raw in enumerate(names):
+        noisy(folder / os.fsdecode(raw), seed=i)
+    (folder / os.fsdecode(b"bad\xfe.png")).write_bytes(b"")
+    out = tmp_path / "out"
+    assert cli_main(["predict", str(bundle_path), str(folder), "--out", str(out), "--device", "cpu"]) == 0
+    csv_bytes = (out / "predictions.csv").read_bytes()  # used to raise UnicodeEncodeError, losing every result
+    for raw in [*names, b"bad\xfe.png"]:
+        assert raw in csv_bytes  # the original bytes: the row still names the file
+    assert sorted(os.fsencode(p.name) for p in (out / "heatmaps").iterdir()) == [b"caf\xe9.png", b"ok.png"]
+    assert "bad" in capsys.readouterr().err

@@ -265,6 +265,18 @@ def test_app_restart_during_a_run(workspace: Path, data_dir: Path, fault) -> Non
     assert {row["attempt"] for row in store.progress_rows(job_id)} == {1}  # never restarted, nothing redone
 
 
+def test_non_utf8_data_folder_through_the_job_runner(workspace: Path, data_dir: Path) -> None:
+    odd = data_dir.with_name(os.fsdecode(b"caf\xe9-\xff"))  # latin-1 bytes: not UTF-8 (SQLite used to raise)
+    data_dir.rename(odd)
+    store = JobStore(workspace)
+    job_id = store.submit(make_spec(odd, iterations=5))
+    job = wait_done(store, job_id)
+    assert job.state == "succeeded", store.logs(job_id)
+    assert "caf\ufffd-\ufffd" in store.logs(job_id)  # logged, printable
+    assert load_bundle(job.run_dir / "model.pt", "cpu").metadata["data"] == str(odd)
+    assert "Logging error" not in (job.run_dir / "worker.log").read_text(errors="replace")  # run.log coped too
+
+
 def test_stale_temporaries_only_of_dead_writers_are_removed(tmp_path: Path) -> None:
     target = tmp_path / "checkpoint.pt"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

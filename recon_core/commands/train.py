@@ -222,6 +222,7 @@ def _expand_paths(items: list[str]) -> list[str]:
 
 def predict(args: argparse.Namespace) -> int:
     from recon_core.bundle import load_bundle
+    from recon_core.images import display_path
     from recon_core.inference import overlay, predict_paths, save_png, write_csv
 
     bundle = load_bundle(bundle_path_of(args.run), args.device)
@@ -248,7 +249,7 @@ def predict(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'predictions.csv'} ({len(rows)} file(s): {counts})")
     for r in rows:
         if r["problem"]:
-            print(f"problem: {r['path']}: {r['problem']}", file=sys.stderr)
+            print(f"problem: {display_path(r['path'])}: {r['problem']}", file=sys.stderr)
     if bundle.threshold is None:
         print("note: the model has no threshold yet, so no verdicts (set one with the threshold command)")
     return 0
