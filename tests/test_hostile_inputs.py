@@ -238,7 +238,11 @@ def test_more_uploads_than_the_limit(tmp_path, monkeypatch):
     assert len(report.kept) == 3 and any("only the first 3" in n for n in report.notes)
 
 
-@pytest.mark.parametrize("name", ["a" * 300 + ".png", "../../escape.png", "dir\\..\\win.png", "nul\x00byte.png"])
+@pytest.mark.parametrize(
+    "name",
+    ["a" * 300 + ".png", "../../escape.png", "dir\\..\\win.png", "nul\x00byte.png"],
+    ids=["300 chars", "dotdot", "backslashes", "nul byte"],
+)
 def test_hostile_upload_names_stay_inside_the_project(tmp_path, name):
     p = create_project(tmp_path / "ws", "p")
     report = import_uploads(p, [(name, png(1)), ("other.png", png(2))])
@@ -283,6 +287,7 @@ def bundle_path(tmp_path, monkeypatch):
         ({"state": None}, "weights do not fit"),
         ({"config": "{not json"}, "not valid JSON"),
     ],
+    ids=["config type", "synth type", "synth key", "threshold type", "version type", "state None", "config JSON"],
 )
 def test_bundle_with_wrong_types_or_keys(bundle_path, change, match):
     raw = read_bundle_dict(bundle_path)
