@@ -10,6 +10,8 @@ import streamlit as st
 
 from app_pages._ui import current_project, guarded, switch_project, thumbs, ws
 from recon_core.workspace import (
+    MAX_FILE_BYTES,
+    MAX_FILES,
     add_defect,
     create_project,
     import_folder,
@@ -84,6 +86,8 @@ def body() -> None:
     with tab_up:
         files = st.file_uploader(
             "Good images (PNG/JPG/…, or a .zip of them)",
+            help=f"At most {MAX_FILE_BYTES // 2**20} MB per image and {MAX_FILES} images per import; "
+            "a zip is unpacked safely (no paths outside the project, no zip bombs).",
             type=["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "zip"],
             accept_multiple_files=True,
             key=f"upload_goods_{st.session_state.get('upload_round', 0)}",
@@ -116,10 +120,9 @@ def body() -> None:
 
     st.markdown("#### Split")
     meta = project.meta()
-    s1, s2, s3 = st.columns([1, 1, 1])
+    s1, s2, s3 = st.columns([1, 1, 1], vertical_alignment="bottom")
     share = s1.slider("Held-out share of goods", 0.1, 0.5, float(meta.get("holdout", 0.2)), 0.05, key="holdout_share")
     seed = s2.number_input("Split seed", 0, 10_000, int(meta.get("seed", 0)), key="split_seed")
-    s3.write("")
     if s3.button("Re-split", key="resplit"):
         result = split(project, seed=int(seed), share=float(share))
         st.success(f"{result['train']} training goods, {result['held_out']} held out (at least 2).")
@@ -154,6 +157,8 @@ def body() -> None:
         rows = project.report()
         if rows:
             df = pd.DataFrame(rows)[["name", "kind", "status", "reason", "size"]]
+            df = df.sort_values("status", key=lambda c: c != "refused", kind="stable")  # refused files first
+            st.caption(f"{(df['status'] == 'kept').sum()} kept, {(df['status'] == 'refused').sum()} refused.")
             df["size"] = df["size"].map(lambda s: f"{s[0]}x{s[1]}" if s else "")
             st.dataframe(df, hide_index=True, width="stretch", key="report_table")
         else:

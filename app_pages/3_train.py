@@ -101,6 +101,7 @@ def loss_chart(rows: list[dict]) -> go.Figure | None:
         title="Training losses",
         xaxis_title="iteration",
         yaxis_type="log",
+        yaxis_tickformat=".2g",  # 0.5, 0.2, 0.1 rather than plotly's bare minor digits (5, 2)
     )
     return fig
 

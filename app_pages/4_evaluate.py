@@ -10,7 +10,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages._ui import bundle, cached_eval, guarded, pick_run, require_project, to_uint8
+from app_pages._ui import (
+    CHART_MARGIN,
+    bundle,
+    cached_eval,
+    guarded,
+    pick_run,
+    require_project,
+    roc_figure,
+    score_histogram,
+    to_uint8,
+)
 from recon_core import metrics
 from recon_core.evaluation import evaluate_bundle, save_eval, synthetic_test_set
 from recon_core.images import load_image, load_images
@@ -34,37 +44,14 @@ def eval_images(run_dir: str, stamp: float) -> np.ndarray:
 def curves(result) -> None:
     c1, c2, c3 = st.columns(3)
     if len(set(result.labels.tolist())) == 2:
-        roc = metrics.roc_points(result.labels, result.scores)
-        fig = go.Figure(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name="ROC"))
-        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="chance"))
-        fig.update_layout(
-            title="ROC",
-            xaxis_title="false-alarm rate",
-            yaxis_title="detection rate",
-            height=320,
-            margin=dict(l=10, r=10, t=40, b=10),
-            showlegend=False,
-        )
-        c1.plotly_chart(fig, key="roc_chart")
+        c1.plotly_chart(roc_figure(result.labels, result.scores), key="roc_chart")
         pr = metrics.pr_points(result.labels, result.scores)
         fig = go.Figure(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines"))
         fig.update_layout(
-            title="Precision-recall",
-            xaxis_title="recall",
-            yaxis_title="precision",
-            height=320,
-            margin=dict(l=10, r=10, t=40, b=10),
+            title="Precision-recall", xaxis_title="recall", yaxis_title="precision", height=320, margin=CHART_MARGIN
         )
         c2.plotly_chart(fig, key="pr_chart")
-    fig = go.Figure()
-    for label, name, colour in ((0, "good", "#2ca02c"), (1, "defective", "#d62728")):
-        fig.add_trace(
-            go.Histogram(
-                x=result.scores[result.labels == label], name=name, opacity=0.6, marker_color=colour, nbinsx=20
-            )
-        )
-    fig.update_layout(barmode="overlay", title="Scores", height=320, margin=dict(l=10, r=10, t=40, b=10))
-    c3.plotly_chart(fig, key="hist_chart")
+    c3.plotly_chart(score_histogram(result.labels, result.scores), key="hist_chart")
 
 
 def body() -> None:
@@ -113,7 +100,15 @@ def body() -> None:
         .reset_index(names="index")
         .sort_values("score", ascending=False)
     )
-    st.dataframe(table, hide_index=True, width="stretch", key="per_image_table", height=260)
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        key="per_image_table",
+        height=min(36 + 35 * len(table), 260),
+        column_order=["image", "type", "label", "score"],
+        column_config={"score": st.column_config.NumberColumn(format="%.5f")},
+    )
     choices = table["index"].tolist()
     idx = st.selectbox(
         "Image",
@@ -128,7 +123,11 @@ def body() -> None:
     vmin, vmax = float(np.min(result.maps)), float(np.max(result.maps))  # one colour scale for all images
     a, b, c = st.columns(3)
     a.image(to_uint8(img), caption="image", width="stretch")
-    b.image(overlay(img, amap, alpha, vmin, vmax), caption="anomaly heatmap", width="stretch")
+    b.image(
+        overlay(img, amap, alpha, vmin, vmax),
+        caption="anomaly heatmap (blue = normal, red = anomalous; one scale for all images)",
+        width="stretch",
+    )
     if result.has_masks and result.labels[idx] == 1:
         c.image(
             to_uint8(np.repeat(result.masks[idx][..., None], 3, axis=2)), caption="ground-truth mask", width="stretch"

@@ -8,6 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -22,7 +23,8 @@ import numpy as np, onnxruntime as ort
 from PIL import Image
 sess = ort.InferenceSession("model.onnx")
 size = sess.get_inputs()[0].shape[-1]
-img = np.asarray(Image.open("part.png").convert("RGB").resize((size, size)), np.float32) / 255  # RGB in [0, 1]
+# RGB float32 in [0, 1], resized to the model's size, no normalisation
+img = np.asarray(Image.open("part.png").convert("RGB").resize((size, size)), np.float32) / 255
 score, amap = sess.run(["image_score", "anomaly_map"], {"image": img.transpose(2, 0, 1)[None]})
 # reject when score[0] >= the threshold in threshold.json (bundle zip)
 ```"""
@@ -96,20 +98,36 @@ def show_last(run_dir: Path) -> None:
         st.caption("No inspection yet with this run: upload images or give a folder, then **Run inspection**.")
         return
     when, rows, maps, images = last
-    st.markdown(f"**Last inspection** ({time.strftime('%Y-%m-%d %H:%M', time.localtime(when))}, {len(rows)} images)")
     df = pd.DataFrame(rows).rename(columns={"path": "image"})
-    st.dataframe(df, hide_index=True, width="stretch", key="inspect_table", height=min(36 + 35 * len(df), 300))
+    counts = df["verdict"].fillna("no verdict").value_counts()
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items())
+    st.markdown(
+        f"**Last inspection** ({time.strftime('%Y-%m-%d %H:%M', time.localtime(when))}, {len(rows)} images: {summary})"
+    )
+    st.dataframe(
+        df.fillna({"problem": "", "verdict": ""}),
+        hide_index=True,
+        width="stretch",
+        key="inspect_table",
+        height=min(36 + 35 * len(df), 300),
+        column_config={"score": st.column_config.NumberColumn(format="%.5f")},
+    )
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     st.download_button("Download CSV", buf.getvalue(), file_name="inspection.csv", mime="text/csv", key="inspect_csv")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="inspect_alpha")
     shown = [r for r in rows if r["path"] in maps]
+    if not shown:
+        return
+    vmin = min(float(np.min(maps[r["path"]])) for r in shown)  # one colour scale for the whole inspection
+    vmax = max(float(np.max(maps[r["path"]])) for r in shown)
+    st.caption("Heat maps: blue = normal, red = the most anomalous spot of this inspection (one scale for all).")
     cols = st.columns(4)
     for i, row in enumerate(shown):
         name = row["path"]
         with cols[i % 4]:
             st.image(
-                overlay(images[name], maps[name], alpha),
+                overlay(images[name], maps[name], alpha, vmin, vmax),
                 caption=f"{(row['verdict'] or 'no threshold').upper()} · {name} · {row['score']:.5f}",
                 width="stretch",
             )
@@ -119,7 +137,7 @@ def show_last(run_dir: Path) -> None:
 
 def export(run_dir: Path) -> None:
     out = run_dir / "export"
-    c1, c2 = st.columns(2)
+    c1, c2, _ = st.columns([2, 1, 2])
     if c1.button("Build bundle zip (model + ONNX + README)", key="build_zip"):
         with st.spinner("Exporting…"):
             info = export_bundle_zip(run_dir, out / f"{run_dir.name}.zip")
@@ -127,8 +145,9 @@ def export(run_dir: Path) -> None:
     if c2.button("Export ONNX only", key="build_onnx"):
         with st.spinner("Exporting and checking against PyTorch…"):
             info = export_onnx(run_dir / "model.pt", out / "model.onnx")
-        st.success(f"Wrote {out / 'model.onnx'}")
-        st.json(info, expanded=False)
+        st.success(f"Wrote {out / 'model.onnx'} (checked against PyTorch)")
+        with st.expander("Export details (inputs, outputs, parity check)"):
+            st.json(info)
     for path in sorted(out.glob("*")) if out.is_dir() else []:
         st.download_button(
             f"Download {path.name} ({path.stat().st_size / 1e6:.1f} MB)",
@@ -147,7 +166,13 @@ def body() -> None:
     if run_dir is None:
         return
     thr = bundle(run_dir).threshold
-    st.caption(f"Threshold: {thr.value:.5f} ({thr.method})" if thr else "No threshold saved: verdicts are empty.")
+    st.caption(
+        f"Threshold: {thr.value:.5f} ({thr.method}): a score at or above it is rejected"
+        + (f", from {thr.review_below:.5f} it goes to review" if thr.review_below is not None else "")
+        + ". Change it on the **Threshold** page."
+        if thr
+        else "No threshold saved: verdicts stay empty until one is saved on the **Threshold** page."
+    )
     tab_i, tab_e = st.tabs(["Inspect new images", "Export"])
     with tab_i:
         inspect(run_dir)

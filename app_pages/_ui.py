@@ -136,13 +136,14 @@ def pick_run(project: Project, key: str) -> Path | None:
     return project.runs_dir / name
 
 
-def thumbs(paths: list[Path], columns: int = 8, limit: int = 48, captions: bool = True) -> None:
+def thumbs(paths: list[Path], columns: int = 6, limit: int = 48, captions: bool = True) -> None:
     """A grid of image thumbnails (files shown as they are; the browser scales them)."""
     shown = paths[:limit]
     cols = st.columns(columns)
     for i, p in enumerate(shown):
         with cols[i % columns]:
-            st.image(str(p), caption=p.name if captions else None, width="stretch")
+            # zero-width spaces after "_" let long names wrap at their parts, not mid-word
+            st.image(str(p), caption=p.name.replace("_", "_\u200b") if captions else None, width="stretch")
     if len(paths) > limit:
         st.caption(f"… and {len(paths) - limit} more")
 
@@ -160,3 +161,81 @@ def cached_eval(run_dir: Path):
         if stem.with_suffix(".npz").is_file() or Path(str(stem) + ".npz").is_file():
             return load_eval(stem), stem
     return None, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures shared by Evaluate and Threshold (drawing only; the numbers come from recon_core.metrics)
+
+CHART_MARGIN = dict(l=10, r=10, t=40, b=10)
+
+
+def roc_figure(
+    labels: np.ndarray, scores: np.ndarray, point: tuple[float, float] | None = None, pickable: bool = False
+) -> Any:
+    """The ROC curve; `point` (fpr, tpr) marks the operating point; `pickable` draws every point as a marker with
+    its threshold as customdata, for st.plotly_chart(on_select=...)."""
+    import plotly.graph_objects as go
+
+    from recon_core import metrics
+
+    roc = metrics.roc_points(labels, scores)
+    fig = go.Figure(
+        go.Scatter(
+            x=roc["fpr"],
+            y=roc["tpr"],
+            customdata=roc["thresholds"],
+            mode="lines+markers" if pickable else "lines",
+            name="ROC",
+            hovertemplate="false alarms %{x:.0%} · detected %{y:.0%}<br>threshold %{customdata:.5f}<extra></extra>",
+        )
+    )
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), hoverinfo="skip"))
+    if point is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[point[0]], y=[point[1]], mode="markers", marker=dict(size=13, color="#d62728"), hoverinfo="skip"
+            )
+        )
+    fig.update_layout(
+        title="ROC" + (" (click a point)" if pickable else ""),
+        xaxis_title="false-alarm rate",
+        yaxis_title="detection rate",
+        height=320,
+        margin=CHART_MARGIN,
+        showlegend=False,
+    )
+    return fig
+
+
+def score_histogram(labels: np.ndarray, scores: np.ndarray, thr: Any = None, bins: int = 20) -> Any:
+    """Scores of good vs defective images on the same bins; `thr` (metrics.Threshold) draws the threshold line and
+    the review band."""
+    import plotly.graph_objects as go
+
+    edges = np.histogram_bin_edges(scores, bins=bins)
+    size = float(edges[1] - edges[0]) or 1e-6
+    fig = go.Figure()
+    for label, name, colour in ((0, "good", "#2ca02c"), (1, "defective", "#d62728")):
+        fig.add_trace(
+            go.Histogram(
+                x=scores[labels == label],
+                name=name,
+                opacity=0.6,
+                marker_color=colour,
+                xbins=dict(start=float(edges[0]), end=float(edges[-1]) + size, size=size),
+            )
+        )
+    if thr is not None:
+        if thr.review_below is not None:
+            fig.add_vrect(x0=thr.review_below, x1=thr.value, fillcolor="orange", opacity=0.2, line_width=0)
+        fig.add_vline(x=thr.value, line_dash="dash", line_color="black", annotation_text="threshold")
+    fig.update_layout(
+        barmode="overlay",
+        title="Scores",
+        xaxis_title="anomaly score",
+        yaxis_title="images",
+        height=320,
+        margin=CHART_MARGIN,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+    )
+    return fig
