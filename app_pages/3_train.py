@@ -84,6 +84,7 @@ def start_form(project) -> None:
         )
         job_id = store().submit(spec, project=project.name)
         remember(**{f"job:{project.name}": job_id})
+        st.session_state["job_select"] = job_id  # follow the new job (the picker below is drawn after this)
         st.success(f"Queued job {job_id}. It runs in the background; you can close this tab.")
 
 

@@ -208,3 +208,30 @@ def test_designer_bad_texture_folder_is_an_error_not_a_crash() -> None:
     assert not at.exception
     assert any("No preview" in e.value for e in at.error)
     assert at.slider(key="opacity")  # the knobs stay usable
+
+
+def test_train_start_follows_the_new_job(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start training: the job picker switches to the new job (it used to keep showing the previous one). Workers
+    are not started (kick is a no-op), so both jobs stay queued and are cancelled at the end."""
+    from recon_core.jobs import JobStore
+    from recon_core.runs import RunSpec
+
+    monkeypatch.setattr(JobStore, "kick", lambda self: [])
+    store = JobStore(workspace)
+    first = store.submit(RunSpec(data=str(workspace / "demo" / "data"), iterations=1), project="demo")
+    try:
+        at = run_page("3_train.py")
+        assert at.selectbox(key="job_select").value == first
+        at.radio(key="budget_kind").set_value("iterations")
+        at.run()
+        at.number_input(key="budget_iterations").set_value(1)
+        at.button(key="start_training").click()
+        at.run()
+        assert not at.exception
+        second = next(j.id for j in store.list_jobs("demo") if j.id != first)
+        assert at.selectbox(key="job_select").value == second
+        assert "Queued job" in at.success[0].value
+    finally:
+        for job in store.list_jobs("demo"):
+            if job.is_active:
+                store.cancel(job.id)

@@ -275,7 +275,7 @@ def test_designer_slider_changes_the_preview(ui: Any, app: dict[str, Any]) -> No
 def test_train_tiny_model_to_completion(ui: Any, app: dict[str, Any]) -> None:
     go(ui, app, "/train", "Train")
     select_option(ui, "Preset", "cpu-fast")
-    ui.get_by_text("iterations", exact=True).click()
+    ui.get_by_role("radiogroup", name="Budget").get_by_text("iterations", exact=True).click()
     idle(ui)
     box = ui.get_by_label("Training iterations")
     box.fill(str(ITERATIONS))
