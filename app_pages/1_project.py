@@ -66,6 +66,11 @@ def body() -> None:
     with st.expander("New project", expanded=project is None):
         new_project_form()
     if project is None:
+        st.info(
+            "**Start here.** A project holds one product: create it above, then upload 10-50 photos of good parts. "
+            "Next: shape the synthetic defects (**Defect designer**), **Train** a model in the background, "
+            "**Evaluate** it, pick the **Threshold**, and **Inspect & export**."
+        )
         return
     counts = project.counts()
     st.subheader(f"Project `{project.name}`")

@@ -114,7 +114,7 @@ def body() -> None:
         "Image",
         choices,
         key="eval_image",
-        format_func=lambda i: f"{table.set_index('index').loc[i, 'image']} · score {result.scores[i]:.4f}",
+        format_func=lambda i: f"{table.set_index('index').loc[i, 'image']} · score {result.scores[i]:.5f}",
     )
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="heat_alpha")
     images = eval_images(str(run_dir), (Path(str(stem) + ".npz")).stat().st_mtime)

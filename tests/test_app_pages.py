@@ -132,14 +132,19 @@ def test_evaluate_page(workspace: Path) -> None:
 def test_threshold_page_methods() -> None:
     at = run_page("5_threshold.py")
     assert "Good accepted" in [m.label for m in at.metric]
-    for method in ("f1", "quantile", "manual"):
+    assert len(at.get("plotly_chart")) == 2  # score histogram with the threshold line + ROC with the point
+    for method in ("f1", "quantile", "roc", "manual"):
         at.radio(key="thr_method").set_value(method)
         at.run()
         assert not at.exception, method
+    at.radio(key="thr_method").set_value("roc")
+    at.run()
+    assert any("Click a point of the ROC curve" in c.value for c in at.caption)  # best F1 until a click
     at.checkbox(key="thr_review").check()
     at.run()
     assert not at.exception
     assert "review band" in texts(at)
+    assert list(at.table[0].value.columns) == ["accepted", "review", "rejected"]
 
 
 def test_inspect_page(workspace: Path) -> None:
