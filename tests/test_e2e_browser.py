@@ -306,11 +306,23 @@ def test_evaluate_shows_heatmap_and_roc(ui: Any, app: dict[str, Any]) -> None:
 
 
 def test_set_and_save_threshold(ui: Any, app: dict[str, Any]) -> None:
+    """Best F1 first, then the operating point picked by clicking a point of the ROC curve; saved into the bundle."""
     go(ui, app, "/threshold", "Threshold")
     ui.get_by_text("Best F1", exact=True).click()
+    ui.get_by_text(re.compile(r"^Threshold -?[0-9.]+ \(Best F1\)")).wait_for()
     idle(ui)
-    shown = ui.get_by_text(re.compile(r"^Threshold -?[0-9.]+ \(Best F1\)")).inner_text()
-    value = re.search(r"Threshold (-?[0-9.]+)", shown).group(1)
+    ui.get_by_text("On the ROC curve", exact=True).click()
+    ui.get_by_text("Click a point of the ROC curve").wait_for()
+    idle(ui)
+    roc = ui.locator('[data-testid="stPlotlyChart"]').filter(has_text="click a point")
+    points = roc.locator(".scatterlayer .trace").first.locator("path.point")
+    assert points.count() >= 3, points.count()
+    points.nth(1).click(force=True)  # the second point from the top right: rejects only the highest score
+    shown = ui.get_by_text(re.compile(r"^Threshold -?[0-9.]+ \(On the ROC curve\)"))
+    shown.wait_for()
+    idle(ui)
+    ui.get_by_text("Click another point").wait_for()  # the pick is kept (not only the chart's selection)
+    value = re.search(r"Threshold (-?[0-9.]+)", shown.inner_text()).group(1)
     ui.get_by_role("button", name="Save threshold into the model bundle").click()
     ui.get_by_text(f"Saved {value} into").wait_for()
     STATE["threshold"] = float(value)
@@ -319,7 +331,7 @@ def test_set_and_save_threshold(ui: Any, app: dict[str, Any]) -> None:
 
 def test_inspect_a_new_image(ui: Any, app: dict[str, Any]) -> None:
     go(ui, app, "/inspect", "Inspect & export")
-    ui.get_by_text(f"Threshold: {STATE['threshold']:.5f} (f1)").wait_for()
+    ui.get_by_text(f"Threshold: {STATE['threshold']:.5f} (roc)").wait_for()
     new = write_parts(app["tmp"] / "new", 1, seed=99, scratch=True)
     upload(ui, "Images to check", new)
     ui.get_by_role("button", name="Run inspection").click()
