@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests explore the same examples on every run: CI must not fail on a draw a developer never saw.
+settings.register_profile("recon", derandomize=True, deadline=None)
+settings.load_profile("recon")
 
 SHARED_DATA = Path(os.environ.get("RECON_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
