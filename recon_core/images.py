@@ -103,8 +103,8 @@ def _open_checked(path: Path, handle, min_side: int) -> Image.Image:
                     f"{shown}: image is only {width}x{height} pixels; at least {min_side} px on the short side "
                     "is needed"
                 )
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animated GIF / multi-page TIFF: the first frame is used
+            # animated GIF / multi-page TIFF: the first frame is used. Image.open is already there; asking for
+            # n_frames would walk every page first (seconds for a 30000-page TIFF that fits the upload limit).
             img.load()  # force decoding now so truncation shows up here, not later
             img = ImageOps.exif_transpose(img)
             return img
@@ -125,6 +125,8 @@ def _open_checked(path: Path, handle, min_side: int) -> Image.Image:
         if "truncated" in text.lower() or isinstance(exc, EOFError):
             raise ImageError(f"{shown}: file is truncated or damaged ({text})") from exc
         raise ImageError(f"{shown}: could not decode ({text})") from exc
+    except Exception as exc:  # PIL raises TypeError, IndexError, struct.error ... on malformed files: one bad file
+        raise ImageError(f"{shown}: could not decode ({type(exc).__name__}: {exc})") from exc  # never aborts a folder
 
 
 _SIGNATURES = (

@@ -53,6 +53,14 @@ class RunSpec:
     name: str | None = None
     labelled_defects: int = 0
 
+    def __post_init__(self) -> None:
+        # refused here (so `jobs submit` refuses at once) rather than as a ValueError deep inside the worker
+        limits = {"seed": 0, "checkpoint_every": 0, "labelled_defects": 0, "shots": 1}
+        for name, low in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < low:
+                raise ConfigError(f"run spec: {name} must be at least {low}, got {value}")
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 

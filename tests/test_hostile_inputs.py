@@ -79,6 +79,21 @@ def test_float_colour_tiff_is_named_as_unsupported(tmp_path):
         load_image(p)
 
 
+def test_tiff_with_a_dangling_page_list_loads_its_first_page(tmp_path):
+    buf = io.BytesIO()
+    Image.new("L", (32, 32), 200).save(buf, "TIFF")
+    raw = bytearray(buf.getvalue())
+    ifd = int.from_bytes(raw[4:8], "little")
+    next_ifd = ifd + 2 + 12 * int.from_bytes(raw[ifd : ifd + 2], "little")
+    raw[next_ifd : next_ifd + 4] = (10**6).to_bytes(4, "little")  # "next page" far beyond the end of the file
+    (tmp_path / "pages.tif").write_bytes(bytes(raw))
+    noisy(tmp_path / "other.png")
+    # counting the pages raised TypeError ("Missing dimensions") straight out of load_folder
+    loaded = load_folder(tmp_path, 16)
+    assert len(loaded.paths) == 2 and not loaded.problems
+    np.testing.assert_allclose(loaded.images[0], 200 / 255, atol=1e-6)
+
+
 def test_invalid_exif_orientation_is_ignored(tmp_path):
     im = Image.new("RGB", (40, 20), (0, 0, 0))
     im.paste((255, 255, 255), (0, 0, 10, 20))
@@ -393,3 +408,41 @@ def test_predict_on_non_utf8_names_writes_csv_and_heatmaps(bundle_path, tmp_path
         assert raw in csv_bytes  # the original bytes: the row still names the file
     assert sorted(os.fsencode(p.name) for p in (out / "heatmaps").iterdir()) == [b"caf\xe9.png", b"ok.png"]
     assert "bad" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "model,setting,value",
+    [("aae", "blocks", -2000), ("aae", "blocks", 2**70), ("autoencoder", "depth", 2**70)],
+    ids=["aae blocks -2000", "aae blocks 2**70", "autoencoder depth 2**70"],
+)
+def test_extreme_model_settings_are_config_errors(model, setting, value):
+    from recon_core.config import from_dict
+    from recon_core.models import get_model_class
+
+    # were ZeroDivisionError (2**-2000 == 0.0) and MemoryError / minutes of swapping (2**(2**70))
+    with pytest.raises(ConfigError, match=setting):
+        from_dict(get_model_class(model).config_class, {setting: value})
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"seed": -1}, "seed must be at least 0"),
+        ({"checkpoint_every": -5}, "checkpoint_every must be at least 0"),
+        ({"shots": 0}, "shots must be at least 1"),
+        ({"iterations": None, "minutes": float("nan")}, "minutes must be a positive number"),
+        ({"iterations": None, "minutes": float("inf")}, "minutes must be a positive number"),
+    ],
+    ids=["seed -1", "checkpoint_every -5", "shots 0", "minutes NaN", "minutes inf"],
+)
+def test_job_submit_refuses_hostile_run_settings(tmp_path, change, match):
+    from recon_core.jobs import JobStore
+
+    # accepted before: the worker then failed with "unexpected error: ValueError" (seed), overflowed (inf) or
+    # calibrated a NaN deadline
+    noisy(tmp_path / "a.png")
+    store = JobStore(tmp_path / "ws", autostart=False)
+    spec = {"data": str(tmp_path), "model": "draem", "iterations": 5, "device": "cpu", **change}
+    with pytest.raises(ConfigError, match=match):
+        store.submit(spec)
+    assert store.list_jobs() == []

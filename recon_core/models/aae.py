@@ -61,10 +61,10 @@ class AAEConfig(ModelConfig):
     def __post_init__(self) -> None:
         check_power_of_two("aae", self.image_size, 8)
         check_choice("aae covariance", self.covariance, COVARIANCES)
-        if self.image_size // 2**self.blocks < 1:
-            raise ConfigError(f"aae: {self.blocks} blocks are too many for image_size {self.image_size}")
-        if self.latent_dim < 1 or self.width < 1 or self.blocks < 1:
+        if self.latent_dim < 1 or self.width < 1 or self.blocks < 1:  # first: 2**-2000 would divide by zero below
             raise ConfigError("aae: latent_dim, width and blocks must be positive")
+        if self.blocks >= self.image_size.bit_length() or self.image_size // 2**self.blocks < 1:  # never 2**(2**70)
+            raise ConfigError(f"aae: {self.blocks} blocks are too many for image_size {self.image_size}")
         if not 0 < self.labelled_quantile < 1:
             raise ConfigError("aae labelled_quantile must be in (0, 1)")
         if self.labelled_margin < 1:

@@ -114,7 +114,8 @@ class AutoEncoderConfig(ModelConfig):
     def __post_init__(self) -> None:
         check_choice("autoencoder loss", self.loss, LOSSES)
         check_choice("autoencoder score", self.score, SCORE_MODES)
-        if self.depth < 1 or self.image_size % (2**self.depth):
+        # depth is compared before 2**depth is computed: a hostile depth (2**70) would exhaust memory
+        if self.depth < 1 or self.depth >= max(1, self.image_size).bit_length() or self.image_size % (2**self.depth):
             raise ConfigError(f"autoencoder: image_size {self.image_size} must be divisible by 2**depth ({self.depth})")
         if self.image_size // 2**self.depth < 1 or self.latent_dim < 0 or self.base_width < 1:
             raise ConfigError("autoencoder: depth, latent_dim and base_width must be positive")

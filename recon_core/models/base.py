@@ -8,6 +8,7 @@ budget) and handles budgets, the lr schedule, progress, checkpoints, cancel and 
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,8 +34,8 @@ class Budget:
             raise ConfigError("budget: give exactly one of iterations or minutes")
         if self.iterations is not None and self.iterations < 1:
             raise ConfigError("budget: iterations must be at least 1")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ConfigError("budget: minutes must be positive")
+        if self.minutes is not None and not 0 < self.minutes < math.inf:  # also NaN, which compares False
+            raise ConfigError(f"budget: minutes must be a positive number, got {self.minutes}")
 
 
 @dataclass
