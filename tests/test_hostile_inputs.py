@@ -446,3 +446,30 @@ def test_job_submit_refuses_hostile_run_settings(tmp_path, change, match):
     with pytest.raises(ConfigError, match=match):
         store.submit(spec)
     assert store.list_jobs() == []
+
+
+@pytest.mark.parametrize("model", ["draem", "dsr", "autoencoder", "ganomaly", "aae"])
+def test_every_model_trains_on_identical_images(model):
+    """A folder of copies of one photo (duplicates, a frozen camera): training ends and scores are finite."""
+    from test_baselines import TINY as BASELINES
+    from test_dsr import TINY as DSR
+    from test_jobs import TINY as DRAEM
+
+    from recon_core.models import get_model_class
+    from recon_core.models.base import Budget
+    from recon_core.train import fit
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cls = get_model_class(model)
+        overrides = {"draem": DRAEM, "dsr": DSR, **BASELINES}[model]
+        net = cls(cls.config_from_preset("cpu", **overrides), torch.device("cpu"))
+        size = net.config.image_size
+        images = np.repeat(np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32), 6, axis=0)
+        fit(net, images, SynthConfig(texture_source="noise"), Budget(iterations=5))  # aae: singular covariance
+        scores = net.predict(images[:2]).image_scores
+    finally:
+        torch.set_num_threads(threads)
+    assert np.isfinite(scores).all()

@@ -141,7 +141,12 @@ def regularised_covariance(z: np.ndarray, method: str, ridge: float) -> np.ndarr
     if method == "ledoit_wolf":
         from sklearn.covariance import LedoitWolf
 
-        return LedoitWolf().fit(z).covariance_
+        cov = LedoitWolf().fit(z).covariance_
+        if np.linalg.matrix_rank(cov) == cov.shape[0]:
+            return cov
+        # no spread to shrink towards (identical training images: duplicates, a blank camera): singular, so
+        # use the ridge estimate below, which is always invertible
+        ridge = ridge if ridge > 0 else 0.05
     cov = np.cov(z, rowvar=False, bias=False) if len(z) > 1 else np.zeros((z.shape[1], z.shape[1]))
     scale = float(np.trace(cov) / cov.shape[0]) if np.trace(cov) > 0 else 1.0
     return cov + ridge * scale * np.eye(cov.shape[0])
