@@ -343,8 +343,19 @@ def test_corrupt_project_files_name_the_file_and_keep_the_images(tmp_path):
     assert len(p.goods()) == 5 and len(load_dataset(p.data_dir, 16).train) == 3  # the images are intact
 
 
-@pytest.mark.parametrize("damage", ["truncated", "no rng", "bad rng", "no torch rng"])
-def test_resume_from_a_damaged_checkpoint(tmp_path, monkeypatch, damage):
+RESUME_DAMAGE = {
+    "truncated": r"corrupt file",
+    "no rng": r"incomplete or damaged \(KeyError",
+    "bad rng": r"incomplete or damaged",
+    "no torch rng": r"incomplete or damaged \(KeyError",
+    "other config": r"another configuration",
+    "finished bundle": r"no training state",
+    "other model": r"checkpoint of a 'draem' model, cannot resume a 'tiny' run",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(RESUME_DAMAGE))
+def test_resume_from_a_damaged_or_foreign_checkpoint(tmp_path, monkeypatch, damage):
     from tiny_model import TinyConfig, TinyModel, register_tiny, tiny_images
 
     from recon_core.models.base import Budget
@@ -352,16 +363,18 @@ def test_resume_from_a_damaged_checkpoint(tmp_path, monkeypatch, damage):
 
     register_tiny(monkeypatch)
     ckpt = tmp_path / "checkpoint.pt"
-    fit(TinyModel(TinyConfig()), tiny_images(), None, Budget(iterations=3), checkpoint_path=ckpt, seed=0)
+    width = 6 if damage == "other config" else 4
+    fit(TinyModel(TinyConfig(width=width)), tiny_images(), None, Budget(iterations=3), checkpoint_path=ckpt, seed=0)
     raw = read_bundle_dict(ckpt)
+    ts = raw["training_state"]
     if damage == "truncated":
         ckpt.write_bytes(ckpt.read_bytes()[:-500])
-    else:
-        ts = raw["training_state"]
+    elif damage not in ("other config",):
         {"no rng": lambda: ts.pop("rng"), "bad rng": lambda: ts.update(rng='{"state": 1}'),
-         "no torch rng": lambda: ts.pop("torch_rng")}[damage]()  # fmt: skip
+         "no torch rng": lambda: ts.pop("torch_rng"), "finished bundle": lambda: raw.update(training_state=None),
+         "other model": lambda: raw.update(model="draem")}[damage]()  # fmt: skip
         torch.save(raw, ckpt)
-    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: .*(corrupt|incomplete or damaged)"):
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: .*" + RESUME_DAMAGE[damage]):
         fit(TinyModel(TinyConfig()), tiny_images(), None, Budget(iterations=6), checkpoint_path=ckpt, resume=True)
     # nothing else is lost: the same run starts over when asked to
     summary = fit(TinyModel(TinyConfig()), tiny_images(), None, Budget(iterations=6), checkpoint_path=ckpt)
