@@ -515,7 +515,8 @@ def import_folder(project: Project, folder: str | os.PathLike, *, max_defects: i
             sources += list_images(folder / "test" / "good")
         _add_goods(project, [(str(p.relative_to(folder)), p) for p in sources], report, move=False)
         defects = []
-        for sub in sorted(p for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good"):
+        test_dirs = (folder / "test").iterdir() if (folder / "test").is_dir() else []  # train/good alone is fine
+        for sub in sorted(p for p in test_dirs if p.is_dir() and p.name != "good"):
             for img in list_images(sub):
                 defects.append((sub.name, img))
         step = max(1, len(defects) // max_defects) if defects else 1

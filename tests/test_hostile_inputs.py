@@ -266,6 +266,19 @@ def test_hostile_upload_names_stay_inside_the_project(tmp_path, name):
     assert sorted(os.listdir(tmp_path / "ws")) == ["p"]  # nothing escaped the project
 
 
+@pytest.mark.parametrize("test_entry", ["missing", "a file"])
+def test_import_of_a_train_good_only_folder(tmp_path, test_entry):
+    src = tmp_path / "src"
+    (src / "train" / "good").mkdir(parents=True)
+    for i in range(3):
+        noisy(src / "train" / "good" / f"{i}.png", seed=i)
+    if test_entry == "a file":
+        (src / "test").write_text("not a folder")
+    p = create_project(tmp_path / "ws", "p")
+    report = workspace.import_folder(p, src)  # raised FileNotFoundError / NotADirectoryError after copying goods
+    assert len(report.kept) == 3 and p.counts()["goods"] == 3 and p.counts()["held_out"] == 2  # split done
+
+
 def test_long_names_in_zips_and_defects(tmp_path):
     paths, _ = safe_extract_zip(make_zip([("b" * 300 + ".png", png(3))]), tmp_path / "z")
     assert len(paths) == 1 and paths[0].suffix == ".png" and len(paths[0].name) <= 255
