@@ -132,7 +132,10 @@ class Project:
     # ---- state ------------------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
         path = self.root / "project.json"
-        return load_json(path) if path.is_file() else {}
+        meta = load_json(path) if path.is_file() else {}
+        if not isinstance(meta, dict):  # hand-edited: every caller would fail with an AttributeError
+            raise ConfigError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+        return meta
 
     def save_meta(self, meta: dict[str, Any]) -> None:
         save_json(self.root / "project.json", meta)

@@ -353,6 +353,9 @@ def test_corrupt_project_files_name_the_file_and_keep_the_images(tmp_path):
     (p.root / "project.json").write_text("{half a file")
     with pytest.raises(ConfigError, match=r"project\.json: not valid JSON"):
         open_project(tmp_path, "p").meta()
+    (p.root / "project.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"project\.json: expected a JSON object"):
+        open_project(tmp_path, "p").counts()
     assert len(p.goods()) == 5 and len(load_dataset(p.data_dir, 16).train) == 3  # the images are intact
 
 
