@@ -43,7 +43,9 @@ case "$cmd" in
     setup_env ;;
   app)
     setup_env
-    python -m recon_core demo --workspace "${RECON_WORKSPACE:-$here/workspace}" --quiet
+    # first start: the demo project plus a short background DRAEM run on it (~2-3 min on 2 CPU cores)
+    python -m recon_core demo --workspace "${RECON_WORKSPACE:-$here/workspace}" --quiet \
+      --train "${RECON_DEMO_ITERATIONS:-300}" --preset cpu-fast
     exec python -m streamlit run app.py --server.address "${RECON_ADDRESS:-127.0.0.1}" \
       --server.port "${RECON_PORT:-8501}" --server.headless true --browser.gatherUsageStats false "$@" ;;
   test)

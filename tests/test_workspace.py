@@ -180,3 +180,16 @@ def test_demo_is_idempotent(tmp_path: Path) -> None:
     assert counts["goods"] == 30 and counts["defects"] == 6 and counts["held_out"] == 6
     assert main(["demo", "--workspace", str(tmp_path), "--quiet"]) == 0
     assert list_projects(tmp_path) == ["demo"]
+
+
+def test_demo_queues_one_short_run_and_never_a_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recon_core.cli import main
+    from recon_core.jobs import JobStore
+
+    monkeypatch.setattr(JobStore, "kick", lambda self: [])  # queue only: no worker process in a unit test
+    args = ["demo", "--workspace", str(tmp_path), "--quiet", "--train", "5", "--preset", "cpu-fast"]
+    assert main(args) == 0
+    assert main(args) == 0  # `run.sh app` again (a restarted app): the queued run is enough
+    jobs = JobStore(tmp_path, autostart=False).list_jobs(project="demo")
+    assert [j.state for j in jobs] == ["queued"]
+    assert (jobs[0].spec["model"], jobs[0].spec["preset"], jobs[0].spec["iterations"]) == ("draem", "cpu-fast", 5)
