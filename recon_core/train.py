@@ -1,10 +1,12 @@
 """The one training loop every model uses: budget, stages, lr schedule, progress, loss log, checkpoints,
 cancel and resume. Models only provide `stages()` (step functions + optimizers); see models/base.py.
 
-Schedule: the total iteration count is fixed up front (or, for a minutes budget, after timing the first few
-iterations) and stored in every checkpoint, so a resumed run follows exactly the schedule it started with. It is
-split across stages by weight; inside a stage the lr is the optimizer's base lr x 0.1 per lr_drop passed. The lr is
-set from the base lr at every step (never multiplied in place), so a resume is exact.
+Schedule: every stage has its own length, and inside a stage the lr is the optimizer's base lr x 0.1 per lr_drop
+passed (fractions of that stage's length). An iteration budget is split across stages by weight up front. A minutes
+budget gives each stage, when it starts, its weight's share of the time left, and calibrates that stage's length on
+its own iterations (stages can differ a lot in cost per iteration). The per-stage plan is stored in every checkpoint,
+so a resumed run never re-plans a stage that has a length. The lr is set from the base lr at every step (never
+multiplied in place), so a resume is exact.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from recon_core.models.base import AnomalyModel, Budget, Progress, ProgressFn, T
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_WARMUP = 1  # first iteration(s) not timed: allocator / kernel selection make them slow
-CALIBRATION_ITERATIONS = 4  # timed iterations for a minutes budget
-CALIBRATION_MAX_SHARE = 0.1  # never spend more than this share of the budget calibrating
-REFINE_AT = (0.1, 0.25, 0.5, 0.7)  # shares of the planned total where the estimate is refined on the latest window
-# (timings drift: warm-up, other processes); only while still before the first lr drop, so the schedule the run
-# follows is the same as if the final total had been known from the start
+CALIBRATION_WARMUP = 1  # first iteration(s) of a stage (and of a resumed attempt) not timed: allocator / kernel
+# selection make them slow
+CALIBRATION_ITERATIONS = 4  # timed iterations per stage for a minutes budget
+CALIBRATION_MAX_SHARE = 0.1  # never spend more than this share of a stage's time slot calibrating
+REFINE_AT = (0.1, 0.25, 0.5, 0.7)  # shares of a stage's planned length where it is refined on the latest window
+# (timings drift: warm-up, other processes); only while still before the stage's first lr drop, so the schedule it
+# follows is the same as if its final length had been known from the start
 TIME_SAFETY = 0.95  # plan for 95 % of the budget: finish_training and the final checkpoint need time too
 LOSS_LOG_FIELDS = ["iteration", "stage", "lr", "elapsed_s", "term", "value"]
 
@@ -69,14 +72,21 @@ def stage_lengths(total: int, stages: list[TrainingStage]) -> list[int]:
     return [int(n) for n in lengths]
 
 
-def locate(iteration: int, lengths: list[int]) -> tuple[int, int]:
-    """0-based global iteration -> (stage index, 0-based index inside the stage)."""
+def _weights(stages: list[TrainingStage]) -> list[float]:
+    """Stage weights as stage_lengths uses them: negatives count as 0, all 0 means equal shares."""
+    weights = [max(0.0, float(s.weight)) for s in stages]
+    return weights if sum(weights) > 0 else [1.0] * len(stages)
+
+
+def _position(iteration: int, lengths: list[int | None]) -> tuple[int, int] | None:
+    """0-based global iteration -> (stage index, 0-based index inside the stage); None when the plan is done. A stage
+    not planned yet (minutes budget) takes every iteration past the planned ones: it is being calibrated."""
     start = 0
     for k, n in enumerate(lengths):
-        if iteration < start + n:
+        if n is None or iteration < start + n:
             return k, iteration - start
         start += n
-    return len(lengths) - 1, max(0, lengths[-1] - 1)
+    return None
 
 
 def lr_factor(local: int, length: int, drops: tuple[float, ...]) -> float:
@@ -139,24 +149,50 @@ class _LossLog:
 @dataclass
 class _State:
     iteration: int = 0  # iterations done
-    total: int | None = None
+    lengths: list[int | None] = field(default_factory=list)  # per stage; None = not planned yet (minutes budget)
+    slot: tuple[int, float, float] = (-1, 0.0, 0.0)  # minutes budget: (stage, start, end) of the time slot of the
+    # latest stage started, in seconds over all attempts
     elapsed_before: float = 0.0  # seconds spent in earlier attempts (resume)
     last_it_s: float = 0.0  # duration of the latest iteration (deadline check; carried over a resume)
-    calib_t0: float | None = None  # elapsed() when the current timing window started
-    calib_it0: int = 0
-    refines_done: int = 0  # how many of REFINE_AT have passed (all of them after a resume: the total is final)
+    per_it: float = 0.0  # latest measured seconds per iteration of the current stage (0 = not measured yet)
+    calib_t0: float | None = None  # seconds (over all attempts) when the current timing window started
+    calib_it0: int = 0  # the stage's iterations done then
+    warmup_left: int = CALIBRATION_WARMUP
+    refines_done: int = len(REFINE_AT)  # REFINE_AT shares passed in the current stage; all = its length is final
+
+
+def _planned(state: _State, weights: list[float], planned_end: float) -> list[int]:
+    """Per-stage lengths for reports and summaries. A stage not planned yet is estimated from its time share at the
+    current stage's rate; its real length is only fixed at its start, so the total may change there."""
+    k, start, end = state.slot
+    rate = state.per_it or state.last_it_s
+    later = sum(weights[k + 1 :])
+    out: list[int] = []
+    for j, n in enumerate(state.lengths):
+        if n is None and j == k:  # being calibrated: at least the iteration under way
+            n = max(state.iteration - sum(out) + 1, int((end - start) / rate) if rate > 0 else 0)
+        elif n is None:
+            n = int(max(0.0, planned_end - end) * weights[j] / later / rate) if rate > 0 and later > 0 else 0
+        out.append(n)
+    return out
 
 
 def _training_state(
-    state: _State, stages: list[TrainingStage], rng: np.random.Generator, seed: int, budget: Budget, elapsed: float
+    state: _State,
+    stages: list[TrainingStage],
+    rng: np.random.Generator,
+    seed: int,
+    budget: Budget,
+    elapsed: float,
+    total: int,
 ) -> dict[str, Any]:
-    stage_name = stages[0].name
-    if state.total:
-        stage_name = stages[locate(max(0, state.iteration - 1), stage_lengths(state.total, stages))[0]].name
+    pos = _position(max(0, state.iteration - 1), state.lengths)
     out: dict[str, Any] = {
         "iteration": state.iteration,
-        "total_iterations": state.total,
-        "stage": stage_name,
+        "total_iterations": total,  # informative: may hold estimates (see _planned); the plan is stage_lengths
+        "stage_lengths": list(state.lengths),
+        "stage_slot": list(state.slot),
+        "stage": stages[pos[0] if pos else 0].name,
         "elapsed_s": float(elapsed),
         "last_iteration_s": float(state.last_it_s),
         "seed": seed,
@@ -224,9 +260,32 @@ def _load_checkpoint(
     if "cuda_rng" in ts and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([t.cpu() for t in ts["cuda_rng"]])
     state.iteration = int(ts["iteration"])
-    state.total = int(ts["total_iterations"]) if ts.get("total_iterations") is not None else None
+    state.lengths = _saved_lengths(ts, stages)
+    slot = ts.get("stage_slot") or (-1, 0.0, 0.0)
+    state.slot = (int(slot[0]), float(slot[1]), float(slot[2]))
     state.elapsed_before = float(ts.get("elapsed_s", 0.0))
     state.last_it_s = float(ts.get("last_iteration_s", 0.0))
+
+
+def _saved_lengths(ts: dict[str, Any], stages: list[TrainingStage]) -> list[int | None]:
+    """The checkpoint's per-stage plan. Checkpoints from before per-stage plans hold only a total (None while the
+    first stage was still calibrating): its split by weight is what that run would have followed."""
+    if "stage_lengths" not in ts:
+        total = ts.get("total_iterations")
+        return stage_lengths(int(total), stages) if total is not None else [None] * len(stages)
+    lengths = [None if n is None else int(n) for n in ts["stage_lengths"]]
+    if len(lengths) != len(stages):
+        raise CheckpointError(f"checkpoint plans {len(lengths)} stages, the model has {len(stages)}")
+    return lengths
+
+
+def _fill_unplanned(lengths: list[int | None], iterations: int, stages: list[TrainingStage]) -> None:
+    """An iteration budget resuming a minutes run that had not planned every stage: those share what is left."""
+    todo = [j for j, n in enumerate(lengths) if n is None]
+    if todo:
+        left = max(len(todo), iterations - sum(n or 0 for n in lengths))
+        for j, n in zip(todo, stage_lengths(left, [stages[j] for j in todo]), strict=True):
+            lengths[j] = n
 
 
 def _set_lrs(stage: TrainingStage, base_lrs: list[list[float]], factor: float) -> float:
@@ -268,21 +327,27 @@ def fit(
     if not stages:
         raise TrainingError(f"{model.name}: the model has no training stages")
     base_lrs = [[[float(g["lr"]) for g in opt.param_groups] for opt in s.optimizers] for s in stages]
-    state = _State(total=budget.iterations)
+    weights = _weights(stages)
+    limit = budget.minutes * 60.0 if budget.minutes is not None else math.inf  # seconds over all attempts
+    planned_end = limit * TIME_SAFETY
+    lengths: list[int | None] = [None] * len(stages)  # minutes budget: each stage is planned at its start
+    if budget.iterations is not None:
+        lengths = list(stage_lengths(budget.iterations, stages))
+    state = _State(lengths=lengths)
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     resumed = False
     if resume and ckpt is not None and ckpt.is_file():
         _restore(ckpt, model, stages, rng, state)
-        if state.total is not None:  # a fixed schedule is never changed after a resume
-            state.refines_done = len(REFINE_AT)
+        if budget.iterations is not None:
+            _fill_unplanned(state.lengths, budget.iterations, stages)
+        pos = _position(state.iteration, state.lengths)
+        if pos is not None and state.lengths[pos[0]] is None:
+            state.refines_done = 0  # cancelled while calibrating this stage: time it again (after a warm-up)
         resumed = True
-        log.info("resuming from %s at iteration %d/%s", ckpt, state.iteration, state.total)
+        log.info("resuming from %s at iteration %d, stage lengths %s", ckpt, state.iteration, state.lengths)
     elif resume:
         log.info("no checkpoint to resume from; starting from scratch")
-    if budget.iterations is not None and state.total is None:
-        state.total = budget.iterations
     loss_log = _LossLog(loss_log_path, state.iteration if resumed else None)
-    deadline = budget.minutes * 60.0 - state.elapsed_before if budget.minutes is not None else math.inf
 
     model.train_mode(True)
     start = time.perf_counter()
@@ -294,13 +359,17 @@ def fit(
     def elapsed() -> float:
         return time.perf_counter() - start
 
+    def total_s() -> float:
+        return state.elapsed_before + elapsed()
+
+    def total() -> int:
+        return max(state.iteration, sum(_planned(state, weights, planned_end)))
+
     def checkpoint() -> None:
         if ckpt is not None:
             loss_log.flush()
-            _write_checkpoint(ckpt, model, synth_config, _training_state(state, stages, rng, seed, budget, total_s()))
-
-    def total_s() -> float:
-        return state.elapsed_before + elapsed()
+            ts = _training_state(state, stages, rng, seed, budget, total_s(), total())
+            _write_checkpoint(ckpt, model, synth_config, ts)
 
     def report(stage: TrainingStage, lr: float) -> None:
         nonlocal last_report_t, last_report_it
@@ -311,36 +380,36 @@ def fit(
         done = state.iteration - last_report_it
         per_it = elapsed() / max(1, state.iteration - last_start_it)
         ips = done * batch_size / max(now - last_report_t, 1e-9) if done else batch_size / max(per_it, 1e-9)
-        total = state.total or state.iteration
-        eta = max(0.0, (total - state.iteration) * per_it)
-        progress(Progress(stage.name, state.iteration, total, dict(losses), ips, total_s(), eta, lr))
+        planned = total()
+        eta = max(0.0, (planned - state.iteration) * per_it)
+        if budget.minutes is not None:  # stages differ in cost: the current stage's rate, and never past the limit
+            eta = min(max(0.0, (planned - state.iteration) * (state.per_it or per_it)), max(0.0, limit - total_s()))
+        progress(Progress(stage.name, state.iteration, planned, dict(losses), ips, total_s(), eta, lr))
         last_report_t, last_report_it = now, state.iteration
 
     last_start_it = state.iteration
     last_end = 0.0  # elapsed() at the end of the previous iteration
     lr = 0.0
     stage = stages[0]
+    pos = _position(state.iteration, state.lengths)
     try:
-        while state.total is None or state.iteration < state.total:
+        while pos is not None:
             if should_stop is not None and should_stop():
                 checkpoint()
                 raise TrainingCancelled(
-                    f"training cancelled at iteration {state.iteration}/{state.total or '?'}; "
+                    f"training cancelled at iteration {state.iteration}/{total()}; "
                     + ("the checkpoint is kept, resume to continue" if ckpt else "no checkpoint was written")
                 )
             # stop when the next iteration would likely end past the deadline (the wall-clock limit is a limit)
-            if state.total is not None and elapsed() + state.last_it_s > deadline:
+            if total_s() + state.last_it_s > limit:
                 stopped_by_time = True
-                log.warning("time budget reached at iteration %d/%d; stopping early", state.iteration, state.total)
+                log.warning("time budget reached at iteration %d/%d; stopping early", state.iteration, total())
                 break
-            if state.total is None:  # minutes budget, still calibrating: first stage at base lr
-                k, local, length = 0, state.iteration, 1
-            else:
-                lengths = stage_lengths(state.total, stages)
-                k, local = locate(state.iteration, lengths)
-                length = lengths[k]
-            stage = stages[k]
-            lr = _set_lrs(stage, base_lrs[k], 1.0 if state.total is None else lr_factor(local, length, stage.lr_drops))
+            k, local = pos
+            if state.lengths[k] is None and state.slot[0] != k:
+                _open_slot(state, k, stages, weights, planned_end, total_s())
+            stage, length = stages[k], state.lengths[k]
+            lr = _set_lrs(stage, base_lrs[k], 1.0 if length is None else lr_factor(local, length, stage.lr_drops))
             batch = _batch(images, batch_size, rng, model.device)
             try:
                 raw_losses = stage.step(batch, rng)
@@ -360,15 +429,16 @@ def fit(
                 )
             state.iteration += 1
             loss_log.add(state.iteration, stage.name, lr, total_s(), losses)
-            if budget.minutes is not None and state.refines_done < len(REFINE_AT):
-                _calibrate(state, stages, budget, deadline, elapsed())
-            every = progress_every or max(1, min(10, (state.total or 10) // 100))
+            if state.refines_done < len(REFINE_AT):  # minutes budget: this stage's length is not final yet
+                _calibrate(state, stage, local + 1, total_s())
+            every = progress_every or max(1, min(10, total() // 100))
             if state.iteration == 1 or state.iteration % every == 0:
                 report(stage, lr)
             if ckpt is not None and checkpoint_every > 0 and state.iteration % checkpoint_every == 0:
                 checkpoint()
             now = elapsed()
             state.last_it_s, last_end = now - last_end, now
+            pos = _position(state.iteration, state.lengths)
         model.train_mode(False)
         model.finish_training(images)
         if ckpt is not None:
@@ -381,53 +451,61 @@ def fit(
             loss_log.flush()  # rows after the last checkpoint are dropped on resume, so keeping them is safe
         model.train_mode(False)
         raise
+    planned = _planned(state, weights, planned_end)
     return TrainSummary(
         iterations=state.iteration,
-        total_iterations=state.total or state.iteration,
+        total_iterations=max(state.iteration, sum(planned)),
         seconds=total_s(),
         final_losses=losses,
         cancelled=False,
         stopped_by_time=stopped_by_time,
-        stage_iterations={
-            s.name: n for s, n in zip(stages, stage_lengths(state.total or state.iteration, stages), strict=True)
-        },
+        stage_iterations={s.name: n for s, n in zip(stages, planned, strict=True)},
     )
 
 
-def _first_drop(total: int, stages: list[TrainingStage]) -> float:
-    """Global iteration where the lr first drops under a given total (the first stage's first lr_drop)."""
-    return stage_lengths(total, stages)[0] * min(stages[0].lr_drops or (1.0,))
+def _open_slot(
+    state: _State, k: int, stages: list[TrainingStage], weights: list[float], planned_end: float, now: float
+) -> None:
+    """Minutes budget, stage k starts: its slot is its weight's share of the time left (whatever earlier stages
+    used), and its length is calibrated on its own iterations."""
+    rest = sum(weights[k:])
+    share = weights[k] / rest if rest > 0 else 0.0
+    state.slot = (k, now, now + max(0.0, planned_end - now) * share)
+    state.per_it, state.calib_t0, state.warmup_left, state.refines_done = 0.0, None, CALIBRATION_WARMUP, 0
+    if share <= 0:  # weight 0: one iteration, as an iteration budget gives every stage at least one
+        state.lengths[k], state.refines_done = 1, len(REFINE_AT)
+    log.info("minutes budget: stage %s gets %.1f s from %.1f s", stages[k].name, state.slot[2] - now, now)
 
 
-def _calibrate(state: _State, stages: list[TrainingStage], budget: Budget, deadline: float, spent: float) -> None:
-    """Minutes budget: time a few iterations (wall clock incl. batch building and checkpoints, after a warm-up),
-    then fix the total so the budget is used; refine it at REFINE_AT shares of the total on the latest window while
-    the lr has not dropped yet under either the old or the new total."""
+def _calibrate(state: _State, stage: TrainingStage, local: int, now: float) -> None:
+    """Minutes budget, after an iteration of the current stage (`local` of its iterations done): after a warm-up,
+    time a few iterations (wall clock incl. batch building and checkpoints) and fix the stage's length so it fills
+    its slot; refine it at REFINE_AT shares of that length on the latest window while the stage's lr has not dropped
+    under either the old or the new length."""
     if state.calib_t0 is None:
-        if state.iteration >= CALIBRATION_WARMUP:
-            state.calib_t0, state.calib_it0 = spent, state.iteration
+        state.warmup_left -= 1
+        if state.warmup_left <= 0:
+            state.calib_t0, state.calib_it0 = now, local
         return
-    timed = state.iteration - state.calib_it0
-    if state.total is None:
-        if timed < CALIBRATION_ITERATIONS and spent < CALIBRATION_MAX_SHARE * deadline:
+    k, start, end = state.slot
+    length = state.lengths[k]
+    timed = local - state.calib_it0
+    if length is None:
+        if timed < CALIBRATION_ITERATIONS and now - start < CALIBRATION_MAX_SHARE * (end - start):
             return
-    elif state.iteration < REFINE_AT[state.refines_done] * state.total or timed < 2:
+    elif local < REFINE_AT[state.refines_done] * length or timed < 2:
         return
-    per_it = (spent - state.calib_t0) / max(1, timed)
-    remaining = max(0.0, deadline * TIME_SAFETY - spent)
-    total = max(state.iteration + 1, state.iteration + int(remaining / max(per_it, 1e-6)))
-    if state.total is not None:
-        while state.refines_done < len(REFINE_AT) and state.iteration >= REFINE_AT[state.refines_done] * state.total:
+    state.per_it = (now - state.calib_t0) / max(1, timed)
+    new = max(local + 1, local + int(max(0.0, end - now) / max(state.per_it, 1e-6)))
+    while lr_factor(local - 1, new, stage.lr_drops) < 1.0:  # the iterations already run were at the base lr
+        new += 1
+    if length is not None:
+        while state.refines_done < len(REFINE_AT) and local >= REFINE_AT[state.refines_done] * length:
             state.refines_done += 1
-        if state.iteration >= min(_first_drop(state.total, stages), _first_drop(total, stages)):
-            state.refines_done = len(REFINE_AT)  # too late: the schedule is final
+        if min(lr_factor(local, length, stage.lr_drops), lr_factor(local, new, stage.lr_drops)) < 1.0:
+            state.refines_done = len(REFINE_AT)  # too late: the lr drops next under one of them; length is final
             return
-    state.calib_t0, state.calib_it0 = spent, state.iteration  # next refinement times a fresh window
-    if total != state.total:
-        log.info(
-            "minutes budget %.2f: %.3f s/iteration measured, training %d iterations",
-            budget.minutes or 0,
-            per_it,
-            total,
-        )
-    state.total = total
+    state.calib_t0, state.calib_it0 = now, local  # the next refinement times a fresh window
+    if new != length:
+        log.info("stage %s: %.3f s/iteration measured, planning %d iterations", stage.name, state.per_it, new)
+    state.lengths[k] = new

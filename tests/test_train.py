@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from tiny_model import TinyConfig, TinyModel, tiny_images
 
 from recon_core import train as train_mod
-from recon_core.bundle import load_bundle, read_bundle_dict
+from recon_core.bundle import atomic_torch_save, load_bundle, read_bundle_dict
 from recon_core.errors import TrainingCancelled, TrainingError
 from recon_core.models.base import Budget, TrainingStage
 from recon_core.train import fit, lr_factor, stage_lengths
@@ -168,6 +169,147 @@ def test_resume_continues_the_schedule_exactly(tmp_path):
     with open(losses) as fh:
         iters = sorted({int(r["iteration"]) for r in csv.DictReader(fh)})
     assert iters == list(range(1, 31))
+
+
+def clocked_stages(monkeypatch, main_cost, head_cost) -> dict[str, float]:
+    """Two-stage tiny model on the fake clock: `main_cost(i)` / `head_cost(i)` seconds for each stage's i-th step
+    (0-based). Returns the seconds spent in each stage, filled in as the steps run."""
+    clock, spent = FakeClock(), {"main": 0.0, "head": 0.0}
+    monkeypatch.setattr(train_mod, "time", clock)
+    real_main, real_head = TinyModel._step, TinyModel._step2
+
+    def charge(stage: str, cost: float) -> None:
+        clock.now += cost
+        spent[stage] += cost
+
+    def main(self, images, rng):
+        charge("main", main_cost(self.calls))
+        return real_main(self, images, rng)
+
+    def head(self, images, rng):
+        charge("head", head_cost(sum(name == "head" for name, _ in self.lr_trace)))
+        return real_head(self, images, rng)
+
+    monkeypatch.setattr(TinyModel, "_step", main)
+    monkeypatch.setattr(TinyModel, "_step2", head)
+    return spent
+
+
+def assert_complete_schedules(model: TinyModel, summary) -> None:
+    """Each stage ran its planned length with the lr drops at its own fractions (main 0.8/0.9, head 0.5)."""
+    main = [lr for name, lr in model.lr_trace if name == "main"]
+    head = [lr for name, lr in model.lr_trace if name == "head"]
+    n_main, n_head = summary.stage_iterations["main"], summary.stage_iterations["head"]
+    assert len(main) == n_main and len(head) == n_head and not summary.stopped_by_time
+    assert main == pytest.approx([model.cfg.lr * lr_factor(i, n_main, (0.8, 0.9)) for i in range(n_main)])
+    assert head == pytest.approx([2 * model.cfg.lr * lr_factor(i, n_head, (0.5,)) for i in range(n_head)])
+
+
+def test_minutes_budget_calibrates_each_stage_on_its_own_iterations(monkeypatch):
+    spent = clocked_stages(monkeypatch, lambda i: 1.0, lambda i: 3.0)  # stage 2 costs 3x per iteration
+    model = TinyModel(TinyConfig(two_stages=True))  # weights main 3 : head 1
+    reports = []
+    summary = fit(model, tiny_images(), None, Budget(minutes=2), progress=reports.append, progress_every=5)
+    # 114 s planned (95 %): main's slot 85.5 s at 1 s/it -> 85; head gets the 29 s left at 3 s/it -> 9
+    # (calibrating on main alone planned 86 + 28, and the deadline cut head at 11 of 28, before its lr drop)
+    assert summary.stage_iterations == {"main": 85, "head": 9} and summary.total_iterations == 94
+    assert_complete_schedules(model, summary)
+    assert spent["main"] / summary.seconds == pytest.approx(0.75, abs=0.02)
+    assert spent["head"] / summary.seconds == pytest.approx(0.25, abs=0.02)
+    assert summary.seconds == pytest.approx(112.0)  # within the 114 s planned (120 s limit)
+    # the total is an estimate until each stage is planned at its start
+    # (main's reports estimate head's 28.5 s at main's rate: 85 + 28), exact from then on
+    assert {r.total_iterations for r in reports if r.stage == "main" and r.iteration >= 5} == {113}
+    assert {r.total_iterations for r in reports if r.stage == "head"} == {94}
+    assert reports[-2].iteration == 90 and reports[-2].eta_s == pytest.approx(4 * 3.0)  # at head's rate
+    assert reports[-1].eta_s == 0
+
+
+def test_minutes_budget_replans_a_stage_that_slows_down_before_its_lr_drop(monkeypatch):
+    clocked_stages(monkeypatch, lambda i: 1.0, lambda i: 3.0 if i < 3 else 4.0)
+    model = TinyModel(TinyConfig(two_stages=True))
+    summary = fit(model, tiny_images(), None, Budget(minutes=4))
+    # head's slot is 57 s: planned 19 at 3 s/it, refined to 15 on the slower windows before its drop at 50 %
+    assert summary.stage_iterations == {"main": 171, "head": 15}
+    assert_complete_schedules(model, summary)
+    assert summary.seconds <= 240 * 0.95
+
+
+def test_minutes_budget_stops_at_the_deadline_when_a_later_stage_slows_down(monkeypatch):
+    clocked_stages(monkeypatch, lambda i: 1.0, lambda i: 3.0 if i < 10 else 9.0)  # after head's lr drop: too late
+    model = TinyModel(TinyConfig(two_stages=True))
+    summary = fit(model, tiny_images(), None, Budget(minutes=4))
+    assert summary.stopped_by_time and summary.stage_iterations == {"main": 171, "head": 19}
+    assert summary.iterations < summary.total_iterations == 190
+    assert summary.seconds <= 240.0 and model.finished  # the wall-clock limit is still a limit
+
+
+def test_resume_in_the_middle_of_a_minutes_stage_is_exact(tmp_path, monkeypatch):
+    images, ckpt = tiny_images(), tmp_path / "c.pt"
+    speed = {"head": 3.0}
+    clocked_stages(monkeypatch, lambda i: 1.0, lambda i: speed["head"])
+    torch.manual_seed(0)
+    straight = TinyModel(TinyConfig(two_stages=True))
+    expected = fit(straight, images, None, Budget(minutes=2), seed=3)
+
+    torch.manual_seed(0)
+    first = TinyModel(TinyConfig(two_stages=True))
+
+    def in_head() -> bool:  # cancel after 5 of head's 9 iterations: its length is planned, not final yet
+        return sum(name == "head" for name, _ in first.lr_trace) >= 5
+
+    with pytest.raises(TrainingCancelled, match="iteration 90/94"):
+        fit(first, images, None, Budget(minutes=2), seed=3, checkpoint_path=ckpt, should_stop=in_head)
+    ts = read_bundle_dict(ckpt)["training_state"]
+    assert ts["stage_lengths"] == [85, 9] and ts["stage"] == "head" and ts["elapsed_s"] == pytest.approx(100.0)
+    shutil.copy(ckpt, tmp_path / "copy.pt")
+    second = TinyModel(TinyConfig(two_stages=True))
+    summary = fit(second, images, None, Budget(minutes=2), seed=3, checkpoint_path=ckpt, resume=True)
+    assert summary.stage_iterations == expected.stage_iterations and summary.seconds == pytest.approx(expected.seconds)
+    assert first.lr_trace + second.lr_trace == straight.lr_trace
+    for k, v in weights(straight).items():
+        assert torch.equal(v, weights(second)[k]), k  # bit-identical to the uninterrupted run
+    speed["head"] = 1.0  # a faster machine on resume: the planned stage is not re-planned
+    again = fit(
+        TinyModel(TinyConfig(two_stages=True)),
+        images,
+        None,
+        Budget(minutes=2),
+        seed=3,
+        checkpoint_path=tmp_path / "copy.pt",
+        resume=True,
+    )
+    assert again.stage_iterations == {"main": 85, "head": 9} and again.iterations == 94
+
+
+def test_checkpoint_without_a_per_stage_plan_still_resumes(tmp_path):
+    """Checkpoints written before per-stage plans hold only total_iterations; its split by weight is the plan."""
+    images, ckpt = tiny_images(), tmp_path / "c.pt"
+    torch.manual_seed(0)
+    straight = TinyModel(TinyConfig(two_stages=True))
+    fit(straight, images, None, Budget(iterations=30), seed=3)
+    torch.manual_seed(0)
+    first = TinyModel(TinyConfig(two_stages=True))
+    with pytest.raises(TrainingCancelled):
+        fit(
+            first,
+            images,
+            None,
+            Budget(iterations=30),
+            seed=3,
+            checkpoint_path=ckpt,
+            should_stop=lambda: first.calls >= 13,
+        )
+    raw = read_bundle_dict(ckpt)
+    for key in ("stage_lengths", "stage_slot"):
+        del raw["training_state"][key]
+    atomic_torch_save(raw, ckpt)
+    second = TinyModel(TinyConfig(two_stages=True))
+    # resumed under a minutes budget (as old minutes runs were): the saved total is followed, not re-planned
+    summary = fit(second, images, None, Budget(minutes=60), seed=3, checkpoint_path=ckpt, resume=True)
+    assert summary.stage_iterations == {"main": 23, "head": 7} and summary.iterations == 30
+    for k, v in weights(straight).items():
+        assert torch.equal(v, weights(second)[k]), k
 
 
 def test_resume_of_a_minutes_run_keeps_its_total(tmp_path, monkeypatch):

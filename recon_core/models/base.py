@@ -24,7 +24,8 @@ from recon_core.errors import ConfigError
 
 @dataclass
 class Budget:
-    """How long to train: a number of iterations, or a wall-clock limit in minutes (calibrated once)."""
+    """How long to train: a number of iterations, or a wall-clock limit in minutes (each stage calibrated at its
+    start on its own iterations, see train.py)."""
 
     iterations: int | None = None
     minutes: float | None = None
@@ -61,7 +62,7 @@ class TrainingStage:
     (B, 3, H, W) in [0, 1] on the model's device and returns its loss terms (floats, including "total")."""
 
     name: str
-    weight: float  # share of the total iteration budget
+    weight: float  # share of the budget: of the iterations, or of the time left when it starts (minutes budget)
     step: Callable[[torch.Tensor, np.random.Generator], dict[str, float]]
     optimizers: list[torch.optim.Optimizer]
     lr_drops: tuple[float, ...] = (0.8, 0.9)  # fractions of the stage where lr is multiplied by 0.1

@@ -8,7 +8,7 @@ Pipeline (SPEC "DSR"; design and measurements in notes/dsr.md):
           -> anomaly detection U-Net on (object recon, general recon) -> 2-class mask
           -> upsampling U-Net on (image, object recon, detection softmax) -> full-resolution mask
 
-Training stages (each a TrainingStage, budget split by weight in train.fit):
+Training stages (each a TrainingStage; train.fit gives each its weight's share of the budget):
     "vq"         the VQ-VAE on the product's good images (skipped when a frozen pretrained VQ is used)
     "dsr"        feature-space anomalies inside Perlin masks: codes replaced by codebook entries sampled away
                  from the original code; loss MSE(features, both levels) + 10 * MSE(img, object recon) + Focal
@@ -62,8 +62,8 @@ class DsrConfig(ModelConfig):
     codebook_decay: float = 0.99
     commitment: float = 0.25
     dead_code_threshold: float = 1.0  # EMA assignments per step below which a code is restarted
-    vq_updates_per_iteration: int = 1  # VQ-stage optimizer steps per training iteration: train.fit calibrates a
-    # minutes budget on the first (VQ) stage, so its iterations should cost about as much as the later stages'
+    vq_updates_per_iteration: int = 1  # VQ-stage optimizer steps per training iteration (kept for configs that set
+    # it; train.fit now calibrates every stage on its own iterations, so no preset needs more than 1)
     vq_defect_share: float = 0.5  # share of each VQ-stage batch given image-space synthetic defects
     vq_init: str = ""  # "" = train per product; "bundled" = assets/vq; or a path from `pretrain-vq`
     # DSR modules
@@ -80,7 +80,8 @@ class DsrConfig(ModelConfig):
     strength_max: float = 1.0  # (minus the nearest 5%); the reference code's value is 0.2
     image_loss_weight: float = 10.0
     focal_gamma: float = 2.0
-    # budget shares (train.fit splits the iterations by weight)
+    # budget shares (train.fit splits an iteration budget by weight; a minutes budget gives each stage its share of
+    # the time, calibrated on that stage's own iterations)
     vq_weight: float = 0.3  # 0 = use vq_init frozen, no VQ stage
     dsr_weight: float = 0.55
     upsampling_weight: float = 0.15
@@ -418,7 +419,6 @@ class Dsr(AnomalyModel):
             "detector_depth": 4,
             "upsampler_width": 8,
             "codebook_decay": 0.95,
-            "vq_updates_per_iteration": 2,
             "score_pool": 11,
         },
         # paper sizes (GPU): 256 px, 4096 x 128 codebooks, lr 2e-4
