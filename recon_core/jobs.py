@@ -882,39 +882,17 @@ class _Worker:
         losses = json.dumps({k: float(v) for k, v in (p.losses or {}).items()})
         now = time.time()
         try:
+            fields = (p.stage, p.iteration, p.total_iterations, losses, p.images_per_s, p.elapsed_s, p.eta_s)
             with self.store._write() as c:
                 c.execute(
                     "INSERT INTO progress(job_id, attempt, t, stage, iteration, total_iterations, losses,"
                     " images_per_s, elapsed_s, eta_s, lr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        self.job_id,
-                        self.attempt,
-                        now,
-                        p.stage,
-                        p.iteration,
-                        p.total_iterations,
-                        losses,
-                        p.images_per_s,
-                        p.elapsed_s,
-                        p.eta_s,
-                        p.lr,
-                    ),
+                    (self.job_id, self.attempt, now, *fields, p.lr),
                 )
                 c.execute(
                     "UPDATE jobs SET stage=?, iteration=?, total_iterations=?, losses=?, images_per_s=?, elapsed_s=?,"
                     " eta_s=?, heartbeat_at=? WHERE id=? AND state='running' AND pid=?",
-                    (
-                        p.stage,
-                        p.iteration,
-                        p.total_iterations,
-                        losses,
-                        p.images_per_s,
-                        p.elapsed_s,
-                        p.eta_s,
-                        now,
-                        self.job_id,
-                        self.pid,
-                    ),
+                    (*fields, now, self.job_id, self.pid),
                 )
         except sqlite3.Error as exc:  # progress is best effort; the checkpoint is the truth
             log.warning("could not record progress: %s", exc)

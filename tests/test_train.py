@@ -136,14 +136,14 @@ def test_minutes_budget_stops_at_the_deadline_when_the_machine_slows_down(monkey
     assert summary.iterations == 24 and summary.stopped_by_time and again.calls == 0 and again.finished
 
 
-def test_resume_continues_the_schedule_exactly(tmp_path):
+def straight_and_cancelled(ckpt, **fit_kwargs) -> tuple[TinyModel, TinyModel]:
+    """A two-stage 30-iteration run, and the same run (same initial weights) cancelled at iteration 13 with its
+    checkpoint in `ckpt`."""
     images = tiny_images()
     torch.manual_seed(0)
     straight = TinyModel(TinyConfig(two_stages=True))
     fit(straight, images, None, Budget(iterations=30), seed=3)
-
-    ckpt, losses = tmp_path / "c.pt", tmp_path / "losses.csv"
-    torch.manual_seed(0)  # same initial weights as the straight run
+    torch.manual_seed(0)
     first = TinyModel(TinyConfig(two_stages=True))
     with pytest.raises(TrainingCancelled):
         fit(
@@ -153,10 +153,15 @@ def test_resume_continues_the_schedule_exactly(tmp_path):
             Budget(iterations=30),
             seed=3,
             checkpoint_path=ckpt,
-            checkpoint_every=5,
-            loss_log_path=losses,
             should_stop=lambda: first.calls >= 13,
+            **fit_kwargs,
         )
+    return straight, first
+
+
+def test_resume_continues_the_schedule_exactly(tmp_path):
+    images, ckpt, losses = tiny_images(), tmp_path / "c.pt", tmp_path / "losses.csv"
+    straight, first = straight_and_cancelled(ckpt, checkpoint_every=5, loss_log_path=losses)
     assert read_bundle_dict(ckpt)["training_state"]["iteration"] == 13
     second = TinyModel(TinyConfig(two_stages=True))
     summary = fit(
@@ -285,21 +290,7 @@ def test_resume_in_the_middle_of_a_minutes_stage_is_exact(tmp_path, monkeypatch)
 def test_checkpoint_without_a_per_stage_plan_still_resumes(tmp_path):
     """Checkpoints written before per-stage plans hold only total_iterations; its split by weight is the plan."""
     images, ckpt = tiny_images(), tmp_path / "c.pt"
-    torch.manual_seed(0)
-    straight = TinyModel(TinyConfig(two_stages=True))
-    fit(straight, images, None, Budget(iterations=30), seed=3)
-    torch.manual_seed(0)
-    first = TinyModel(TinyConfig(two_stages=True))
-    with pytest.raises(TrainingCancelled):
-        fit(
-            first,
-            images,
-            None,
-            Budget(iterations=30),
-            seed=3,
-            checkpoint_path=ckpt,
-            should_stop=lambda: first.calls >= 13,
-        )
+    straight, _ = straight_and_cancelled(ckpt)
     raw = read_bundle_dict(ckpt)
     for key in ("stage_lengths", "stage_slot"):
         del raw["training_state"][key]
