@@ -31,9 +31,9 @@ from recon_core.models.autoencoder import (
     check_power_of_two,
     dcgan_init,
     gaussian_blur,
-    images_to_tensor,
 )
 from recon_core.models.base import AnomalyModel, ModelConfig, Prediction, TrainingStage
+from recon_core.models.layers import images_to_tensor
 
 COVARIANCES = ("ledoit_wolf", "ridge")
 

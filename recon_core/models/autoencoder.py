@@ -20,21 +20,11 @@ from torch import nn
 
 from recon_core.errors import ConfigError
 from recon_core.models.base import AnomalyModel, ModelConfig, Prediction, TrainingStage
-from recon_core.models.layers import ssim_map
+from recon_core.models.layers import images_to_tensor, ssim_map
 
 # ---------------------------------------------------------------------------------------------------------
 # shared helpers for the baselines
 # ---------------------------------------------------------------------------------------------------------
-
-
-def images_to_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) float [0, 1] -> (N, 3, size, size) on device; resizes (antialiased) only when needed."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ConfigError(f"expected images of shape (N, H, W, 3), got {tuple(images.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.to(device)
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:

@@ -35,6 +35,7 @@ from recon_core.models.layers import (
     UNet,
     draem_widths,
     focal_loss,
+    images_to_tensor,
     mean_pool_max,
     pool_size_for,
     ssim_loss,
@@ -234,13 +235,7 @@ class Draem(AnomalyModel):
         return self._fast[1]
 
     def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ConfigError(f"draem: expected images of shape (N, H, W, 3), got {tuple(images.shape)}")
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
-        size = self.cfg.image_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return self._format(x)
+        return self._format(images_to_tensor(images, self.cfg.image_size, self.device))
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray, batch_size: int = 8) -> Prediction:

@@ -29,7 +29,7 @@ from torch import nn
 from recon_core.errors import CheckpointError, ConfigError
 from recon_core.models.autoencoder import gaussian_blur
 from recon_core.models.base import AnomalyModel, ModelConfig, Prediction, TrainingStage
-from recon_core.models.layers import UNet, focal_loss, mean_pool_max
+from recon_core.models.layers import UNet, focal_loss, images_to_tensor, mean_pool_max
 
 VQ_FILE_FORMAT = "recon-dsr-vq"
 VQ_FILE_VERSION = 1
@@ -369,15 +369,6 @@ def replace_codes(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _to_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ConfigError(f"dsr: expected images of shape (N, H, W, 3), got {tuple(images.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.to(device)
-
-
 def load_vq_file(path: str | Path) -> dict[str, Any]:
     """Read a `pretrain-vq` file safely (weights_only) and check its format."""
     path = Path(path)
@@ -678,7 +669,7 @@ class Dsr(AnomalyModel):
         images = np.asarray(images)
         scores, maps = [], []
         for start in range(0, len(images), max(1, batch_size)):
-            x = _to_tensor(images[start : start + batch_size], c.image_size, self.device)
+            x = images_to_tensor(images[start : start + batch_size], c.image_size, self.device)
             with torch.no_grad():
                 score, m = self.score_maps(x)
             scores.append(score.cpu().numpy())
@@ -733,7 +724,7 @@ def vq_stats(vq: VQVAE2, images: np.ndarray, size: int, device: torch.device, ba
     vq.set_codebook_updates(False)
     mses, idx_b, idx_t = [], [], []
     for start in range(0, len(images), batch_size):
-        x = _to_tensor(images[start : start + batch_size], size, device)
+        x = images_to_tensor(images[start : start + batch_size], size, device)
         recon, codes = vq(x)
         mses.append(((recon.clamp(0, 1) - x) ** 2).flatten(1).mean(1))
         idx_b.append(codes["idx_b"].flatten())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -397,3 +398,13 @@ __all__ = [
     "ssim_loss",
     "ssim_map",
 ]
+
+
+def images_to_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) float [0, 1] -> (N, 3, size, size) on device; resizes (antialiased) only when needed."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ConfigError(f"expected images of shape (N, H, W, 3), got {tuple(images.shape)}")
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.to(device)
