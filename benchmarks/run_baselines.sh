@@ -9,8 +9,9 @@
 #   bash benchmarks/run_baselines.sh c          # AAE with 1 and 5 labelled defects (tire, fabric01), seeds 0 1 2
 #                                               # (0 labelled defects = the a0/a12 rows)
 #
-# Budgets are ITERATIONS, not minutes, so a re-run reproduces the same metrics whatever else the machine is
-# doing (only the times change); each run trains for ~15-25 s on 2 idle cores.
+# Budgets are ITERATIONS, not minutes, so the amount of training does not depend on the machine's load; each run
+# trains for ~10-20 s on 2 cores. Metrics are NOT bit-reproducible: the same seed gave bottle autoencoder image
+# AUROC 0.915 / 0.887 / 0.933 on three runs (notes/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PY="${PYTHON:-python}" OUT=${OUT:-benchmarks/results} NAME=${NAME:-baselines}
