@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/run_baselines.sh            # all phases, in the order a0 c a12 b
 #   bash benchmarks/run_baselines.sh a0 a12     # 20 good images x seed 0 / seeds 1 2, every category
-#   bash benchmarks/run_baselines.sh b          # 50 good images x seed 0, every category
+#   bash benchmarks/run_baselines.sh b b12      # 50 good images x seed 0 / seeds 1 2, every category
 #   bash benchmarks/run_baselines.sh c          # AAE with 1 and 5 labelled defects (tire, fabric01), seeds 0 1 2
 #                                               # (0 labelled defects = the a0/a12 rows)
 #
@@ -34,6 +34,7 @@ bench_all() {  # shots seeds...  -- the three models in ONE lock hold
 phase_a0() { bench_all 20 0; }     # 20 good images, seed 0
 phase_a12() { bench_all 20 1 2; }  # 20 good images, seeds 1 and 2
 phase_b() { bench_all 50 0; }      # 50 good images, seed 0
+phase_b12() { bench_all 50 1 2; }  # 50 good images, seeds 1 and 2
 
 phase_c() {  # AAE with 1 and 5 real defect images (seeded choice from the test split, removed from evaluation)
   flock "$LOCK" "$PY" -m recon_core bench --models aae --categories mvtec3d_ad/tire aitex/fabric01 --shots 20 \
