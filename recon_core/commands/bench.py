@@ -7,6 +7,7 @@ measurements to <out>/<name>.csv/.json/.md (see recon_core/bench.py and benchmar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from recon_core.bench import BenchConfig, default_data_root, run_bench
@@ -32,25 +33,10 @@ def bench_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--set: not valid JSON ({exc})") from exc
     if not isinstance(overrides, dict):
         raise ConfigError("--set: expected a JSON object of model config values, e.g. '{\"lr\": 0.001}'")
-    cfg = BenchConfig(
-        models=args.models,
-        categories=args.categories,
-        shots=args.shots,
-        seeds=args.seeds,
-        labelled_defects=args.labelled_defects,
-        minutes=args.minutes,
-        iterations=args.iterations,
-        preset=args.preset,
-        model_overrides=overrides,
-        data_root=args.data_root,
-        out_dir=args.out,
-        name=args.name,
-        device=args.device,
-        threads=args.threads,
-        infer_repeats=args.infer_repeats,
-        keep_runs=args.keep_runs,
-        tag=args.tag,
-    )
+    # every option named like a BenchConfig field maps onto it; --set and --out are spelt differently
+    fields = {f.name for f in dataclasses.fields(BenchConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    cfg = BenchConfig(**given, model_overrides=overrides, out_dir=args.out)
     rows = run_bench(cfg)
     failed = [r for r in rows if r.get("error")]
     print(f"{len(rows) - len(failed)} of {len(rows)} runs done; results in {args.out}/{args.name}.{{csv,json,md}}")
