@@ -19,11 +19,10 @@ from app_pages._ui import (
     require_project,
     roc_figure,
     score_histogram,
-    to_uint8,
 )
 from recon_core import metrics
 from recon_core.evaluation import evaluate_bundle, save_eval, synthetic_test_set
-from recon_core.images import load_image, load_images
+from recon_core.images import load_image, load_images, to_uint8
 from recon_core.inference import overlay
 from recon_core.workspace import eval_cache
 

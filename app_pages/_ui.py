@@ -148,10 +148,6 @@ def thumbs(paths: list[Path], columns: int = 6, limit: int = 48, captions: bool 
         st.caption(f"… and {len(paths) - limit} more")
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    return img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 def cached_eval(run_dir: Path):
     """The app's evaluation on current test images if made, else the one the run wrote when it finished."""
     from recon_core.evaluation import load_eval

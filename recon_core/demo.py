@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from recon_core.images import to_uint8
 from recon_core.workspace import Project, create_project, import_folder, list_projects, workspace_root
 
 DEMO_PROJECT = "demo"
@@ -84,7 +85,7 @@ def add_defect(img: np.ndarray, rng: np.random.Generator, kind: str) -> tuple[np
 
 
 def _save(path: Path, rgb: np.ndarray) -> None:
-    arr = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8) if rgb.dtype != np.uint8 else rgb
+    arr = to_uint8(rgb)
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
     cv2.imwrite(str(path), arr)

@@ -75,6 +75,12 @@ class Dataset:
     test: TestSet | None
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] -> uint8 (rounded, clipped); uint8 passes through unchanged."""
+    image = np.asarray(image)
+    return image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def display_path(path: str | os.PathLike) -> str:
     """A printable form of a path, even when its name is not valid UTF-8 (undecodable bytes become U+FFFD)."""
     raw = os.fsencode(os.fspath(path))

@@ -10,6 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from recon_core.images import to_uint8
+
 CSV_FIELDS = ["path", "score", "verdict", "problem"]
 
 
@@ -97,9 +99,7 @@ def overlay(
 ) -> np.ndarray:
     """Blend a JET heatmap of `amap` over `image` ((H, W, 3) float in [0, 1] or uint8) -> uint8 (H, W, 3). The map
     is resized to the image. vmin/vmax fix the colour scale (e.g. across images); default: this map's range."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    img = to_uint8(image)
     h, w = img.shape[:2]
     amap = np.asarray(amap, dtype=np.float32)
     if amap.shape != (h, w):
@@ -122,7 +122,7 @@ def save_png(path: str | Path, rgb: np.ndarray) -> None:
 
 def panel(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
     """image | heatmap overlay | mask (if given), side by side, uint8."""
-    img = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8) if image.dtype != np.uint8 else image
+    img = to_uint8(image)
     h, w = img.shape[:2]
     parts = [img, overlay(img, amap, alpha)]
     if mask is not None:

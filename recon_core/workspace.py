@@ -37,7 +37,7 @@ import numpy as np
 
 from recon_core.config import from_dict, load_json, save_json, to_dict
 from recon_core.errors import ConfigError, DataError, ImageError
-from recon_core.images import SUPPORTED_SUFFIXES, is_mvtec_layout, list_images
+from recon_core.images import SUPPORTED_SUFFIXES, is_mvtec_layout, list_images, to_uint8
 from recon_core.synth import SynthConfig
 
 PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # same rule as the job store's project names
@@ -676,7 +676,7 @@ def save_inspection(
         np.savez_compressed(
             stem.with_suffix(".npz"),
             paths=np.array(keep),
-            images=np.stack([(np.clip(images[p], 0, 1) * 255 + 0.5).astype(np.uint8) for p in keep]),
+            images=np.stack([to_uint8(images[p]) for p in keep]),
             maps=np.stack([maps[p].astype(np.float32) for p in keep]),
         )
     else:
