@@ -6,10 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 minutes="${1:-5}"
 preset="${2:-cpu}"
-py="${PYTHON:-python}"
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep (big win on a shared 2-core CPU)
-bench() { flock /tmp/recon-bench.lock "$py" -m recon_core bench --models draem --preset "$preset" --minutes "$minutes" \
-  --threads 2 --out benchmarks/results --name draem --tag target "$@"; }
+source benchmarks/common.sh
+bench() { locked_bench --models draem --preset "$preset" --minutes "$minutes" --name draem --tag target "$@"; }
 
 # 1) targets: 20 shots; bottle and tire over 3 seeds, magnetic tile and AITEX one seed
 bench --categories mvtec_ad/bottle mvtec3d_ad/tire --shots 20 --seeds 0

@@ -9,10 +9,9 @@ minutes="${1:-10}"
 preset="${2:-cpu}"
 seeds=("${@:3}")
 [ ${#seeds[@]} -eq 0 ] && seeds=(0)
-py="${PYTHON:-python}"
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep (big win on a shared 2-core CPU)
+source benchmarks/common.sh
 categories=${CATEGORIES:-"mvtec3d_ad/tire mvtec_ad/bottle magnetic_tile/magnetic_tile aitex/fabric01"}
 for category in $categories; do
-  flock /tmp/recon-bench.lock "$py" -m recon_core bench --models dsr --preset "$preset" --minutes "$minutes" \
-    --threads 2 --categories "$category" --shots 20 --seeds "${seeds[@]}" --out benchmarks/results --name dsr --tag target
+  locked_bench --models dsr --preset "$preset" --minutes "$minutes" --categories "$category" --shots 20 \
+    --seeds "${seeds[@]}" --name dsr --tag target
 done

@@ -6,11 +6,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 minutes="${1:-10}"
-py="${PYTHON:-python}"
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep (big win on a shared 2-core CPU)
+source benchmarks/common.sh
 one() {  # MODEL CATEGORY SEED
-  flock /tmp/recon-bench.lock "$py" -m recon_core bench --models "$1" --preset cpu --minutes "$minutes" --threads 2 \
-    --categories "$2" --shots 20 --seeds "$3" --out benchmarks/results --name "$1" --tag "target; same budget as ${minutes}-min DSR/DRAEM"
+  locked_bench --models "$1" --preset cpu --minutes "$minutes" --categories "$2" --shots 20 --seeds "$3" \
+    --name "$1" --tag "target; same budget as ${minutes}-min DSR/DRAEM"
 }
 fabric=aitex/fabric01 magnetic=magnetic_tile/magnetic_tile
 one dsr $fabric 0;    one draem $fabric 0

@@ -377,6 +377,16 @@ def mean_pool_max(maps: torch.Tensor, kernel: int) -> torch.Tensor:
     return pooled.flatten(1).max(dim=1).values
 
 
+def images_to_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) float [0, 1] -> (N, 3, size, size) on device; resizes (antialiased) only when needed."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ConfigError(f"expected images of shape (N, H, W, 3), got {tuple(images.shape)}")
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.to(device)
+
+
 __all__ = [
     "NORMS",
     "SSPCAB",
@@ -392,6 +402,7 @@ __all__ = [
     "draem_decoder_widths",
     "draem_widths",
     "focal_loss",
+    "images_to_tensor",
     "make_norm",
     "mean_pool_max",
     "pool_size_for",
@@ -399,12 +410,3 @@ __all__ = [
     "ssim_map",
 ]
 
-
-def images_to_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) float [0, 1] -> (N, 3, size, size) on device; resizes (antialiased) only when needed."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ConfigError(f"expected images of shape (N, H, W, 3), got {tuple(images.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.to(device)
