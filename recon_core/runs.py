@@ -215,6 +215,7 @@ def execute_run(
     from recon_core.device import configure_cpu_threads, describe_device, resolve_device
     from recon_core.evaluation import evaluate_bundle, save_eval
     from recon_core.images import TestSet, load_dataset
+    from recon_core.memory import check_fits
     from recon_core.models import get_model_class
     from recon_core.train import fit
 
@@ -235,6 +236,9 @@ def execute_run(
         device = resolve_device(spec.device)
         if device.type == "cpu":
             configure_cpu_threads()
+        needs = check_fits(spec.model, config, device)  # refuse what cannot fit before loading any data
+        if needs is not None:
+            log.info("memory: %s", needs.describe())
         data_path = resolve_data_path(spec.data)
         log.info("run %s: model %s preset %s on %s, data %s", run_dir.name, spec.model, preset, device, data_path)
 
