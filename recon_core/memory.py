@@ -102,10 +102,16 @@ def _meta_counts(cls: Any, config: Any) -> int:
 def _probe(model_name: str, config_json: str) -> tuple[int, int, int, int]:
     """(trainable weights at the real size, activation bytes per image-pixel, optimizer bytes per weight, probe px)."""
     from recon_core.models import get_model_class
-    from recon_core.synth import SynthConfig
 
     cls = get_model_class(model_name)
     config = cls.config_class(**json.loads(config_json))
+    with torch.random.fork_rng():  # building and stepping the probe draws random numbers: not from the run's streams
+        return _probe_model(cls, config)
+
+
+def _probe_model(cls: Any, config: Any) -> tuple[int, int, int, int]:
+    from recon_core.synth import SynthConfig
+
     weights = _meta_counts(cls, config)
     size = min(int(config.image_size), PROBE_SIZE)
     probe_cfg = dataclasses.replace(config, image_size=size, batch_size=PROBE_BATCH)
@@ -118,9 +124,8 @@ def _probe(model_name: str, config_json: str) -> tuple[int, int, int, int]:
     batch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     model.train_mode(True)
     activations = 0
-    with torch.random.fork_rng():
-        for stage in stages:
-            activations = max(activations, _saved_bytes(lambda s=stage: s.step(batch, rng), params))
+    for stage in stages:
+        activations = max(activations, _saved_bytes(lambda s=stage: s.step(batch, rng), params))
     probe_weights = sum(p.numel() for net in model.networks().values() for p in net.parameters() if p.requires_grad)
     opt_bytes = sum(
         t.numel() * t.element_size()
