@@ -224,7 +224,9 @@ def execute_run(
     from recon_core.evaluation import evaluate_bundle, evaluated_on, save_eval
     from recon_core.images import TestSet, load_dataset
     from recon_core.leakage import digests
+    from recon_core.memory import check_fits
     from recon_core.models import get_model_class
+    from recon_core.seeding import seeded_model
     from recon_core.train import fit
 
     if not isinstance(spec, RunSpec):
@@ -244,6 +246,9 @@ def execute_run(
         device = resolve_device(spec.device)
         if device.type == "cpu":
             configure_cpu_threads()
+        needs = check_fits(spec.model, config, device)  # refuse what cannot fit before loading any data
+        if needs is not None:
+            log.info("memory: %s", needs.describe())
         data_path = resolve_data_path(spec.data)
         log.info("run %s: model %s preset %s on %s, data %s", run_dir.name, spec.model, preset, device, data_path)
 
@@ -251,7 +256,7 @@ def execute_run(
         test = dataset.test
         train_images, train_paths = dataset.train.images, list(dataset.train.paths)
         labelled_paths: list[str] = []
-        model = cls(config, device)
+        model = seeded_model(cls, config, device, spec.seed)  # starting weights follow the run's seed
         if spec.labelled_defects:
             test, l_images, l_masks, labelled_paths = _take_labelled(test, spec.labelled_defects, spec.seed)
             model.set_labelled_defects(l_images, l_masks)
