@@ -256,7 +256,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("submit", parents=[common], help="queue a training run in the background; prints its id")
     p.add_argument("path", help="training data: an MVTec-layout folder or a folder of good images")
-    p.add_argument("--model", default="draem", help="draem, dsr, autoencoder, ganomaly, aae (default draem)")
+    p.add_argument(
+        "--model",
+        default="draem",
+        help="draem, dsr, autoencoder, ganomaly, aae, auto (trains several, keeps the best); default draem",
+    )
     p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
     p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
     budget = p.add_mutually_exclusive_group()

@@ -317,7 +317,11 @@ def threshold(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model in the foreground (a run folder with model.pt)")
     p.add_argument("path", nargs="?", help="training data: MVTec-layout folder, folder of good images, or a category")
-    p.add_argument("--model", default="draem", help="draem, dsr, autoencoder, ganomaly, aae (default draem)")
+    p.add_argument(
+        "--model",
+        default="draem",
+        help="draem, dsr, autoencoder, ganomaly, aae, auto (trains several, keeps the best); default draem",
+    )
     p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
     p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
