@@ -339,6 +339,16 @@ class _Split:
     training_defects: list[str]  # train the candidates that use real defects
     goods: np.ndarray
     real: dict[str, Any] | None
+    regions: np.ndarray | None = None  # where on the held-out goods the product is (probe defects go there)
+
+
+def product_regions(synth: Any, goods: np.ndarray, held: np.ndarray) -> np.ndarray | None:
+    """The foreground estimate the training defects use (synth.foreground), on the held-out goods."""
+    try:
+        from recon_core.foreground import estimate_foreground
+    except ImportError:  # no foreground estimate in this version: probes go anywhere
+        return None
+    return estimate_foreground(goods, getattr(synth, "foreground", "auto")).masks(held)
 
 
 def _split(spec: Any, cfg: AutoConfig, data_path: Path, size: int, trains: bool) -> _Split:
@@ -368,6 +378,7 @@ def _split(spec: Any, cfg: AutoConfig, data_path: Path, size: int, trains: bool)
         training_defects=list(train_paths),
         goods=dataset.train.images[held],
         real=real,
+        regions=product_regions(spec.synth, dataset.train.images, dataset.train.images[held]),
     )
 
 
@@ -469,7 +480,7 @@ def run_auto(spec: Any, run_dir: str | Path, *, progress: Any = None, should_sto
             results[name] = result.metrics
             tracker.done(result.metrics.get("iterations", 0), result.metrics.get("train_seconds", 0.0))
 
-        probes = make_probe_set(split.goods, spec.seed + PROBE_SEED_OFFSET)
+        probes = make_probe_set(split.goods, spec.seed + PROBE_SEED_OFFSET, regions=split.regions)
         signals = {}
         for name in names:
             loaded = load_bundle(run_dir / "candidates" / name / "model.pt", spec.device)

@@ -32,39 +32,58 @@ class ProbeSet:
     kinds: list[str]  # "good" or "<family>@<strength>"
 
 
-def _ellipse(size: int, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+def _centre(where: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    """(x, y) of a random pixel where defects may go (the product's foreground)."""
+    ys, xs = np.nonzero(where)
+    i = int(rng.integers(len(ys)))
+    return int(xs[i]), int(ys[i])
+
+
+def _ellipse(size: int, centre: tuple[int, int], rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     mask = np.zeros((size, size), np.uint8)
-    centre = tuple(int(v) for v in rng.integers(size // 8, size - size // 8, 2))
     axes = tuple(max(2, int(size * rng.uniform(lo, hi))) for _ in range(2))
     cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
     return mask.astype(np.float32)
 
 
-def _scratch(img: np.ndarray, rng: np.random.Generator, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scratch(img: np.ndarray, rng: np.random.Generator, others: np.ndarray, where: np.ndarray) -> tuple:
+    """A short thin line or a kinked one, a little darker or brighter than what it crosses."""
     size = img.shape[0]
+    x, y = _centre(where, rng)
+    points = [(x, y)]
+    for _ in range(int(rng.integers(1, 3))):
+        angle, length = rng.uniform(0, 2 * np.pi), size * rng.uniform(0.06, 0.15)
+        x, y = (
+            int(np.clip(x + length * np.cos(angle), 0, size - 1)),
+            int(np.clip(y + length * np.sin(angle), 0, size - 1)),
+        )
+        points.append((x, y))
     mask = np.zeros((size, size), np.uint8)
-    points = rng.integers(size // 10, size - size // 10, (int(rng.integers(2, 5)), 2)).astype(np.int32)
     width = max(1, round(size / 128 * int(rng.integers(1, 3))))
-    cv2.polylines(mask, [points.reshape(-1, 1, 2)], False, 1, width)
+    cv2.polylines(mask, [np.array(points, np.int32).reshape(-1, 1, 2)], False, 1, width)
     m = mask.astype(np.float32)
-    target = 0.05 if img[m > 0].mean() > 0.5 else 0.95  # dark on bright parts, bright on dark ones
-    return m[..., None] * (target - img), m
+    shift = rng.uniform(0.25, 0.45) * (-1 if img[m > 0].mean() > 0.5 else 1)
+    return m[..., None] * (np.clip(img + shift, 0, 1) - img), m
 
 
-def _stain(img: np.ndarray, rng: np.random.Generator, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mask = _ellipse(img.shape[0], rng, 0.04, 0.12)
+def _stain(img: np.ndarray, rng: np.random.Generator, others: np.ndarray, where: np.ndarray) -> tuple:
+    """A soft-edged spot, darker and slightly discoloured."""
+    mask = _ellipse(img.shape[0], _centre(where, rng), rng, 0.03, 0.09)
     soft = cv2.GaussianBlur(mask, (0, 0), max(1.0, img.shape[0] / 64))[..., None]
-    tint = rng.uniform(-0.35, 0.35, 3).astype(np.float32)
-    target = np.clip(img * rng.uniform(0.5, 0.8) + tint, 0, 1)
+    tint = rng.uniform(-0.12, 0.12, 3).astype(np.float32)
+    target = np.clip(img * rng.uniform(0.55, 0.85) + tint, 0, 1)
     return soft * (target - img), (soft[..., 0] > 0.5).astype(np.float32)
 
 
-def _patch(img: np.ndarray, rng: np.random.Generator, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _patch(img: np.ndarray, rng: np.random.Generator, others: np.ndarray, where: np.ndarray) -> tuple:
+    """A piece of another good, moved: misplaced structure (cut-paste)."""
     size = img.shape[0]
-    h, w = (max(3, int(size * rng.uniform(0.08, 0.2))) for _ in range(2))
+    h, w = (max(3, int(size * rng.uniform(0.06, 0.16))) for _ in range(2))
     src = others[int(rng.integers(len(others)))]
-    sy, sx = rng.integers(0, size - h), rng.integers(0, size - w)
-    dy, dx = rng.integers(0, size - h), rng.integers(0, size - w)
+    sx, sy = _centre(where, rng)
+    dx, dy = _centre(where, rng)
+    sy, sx = int(np.clip(sy - h // 2, 0, size - h)), int(np.clip(sx - w // 2, 0, size - w))
+    dy, dx = int(np.clip(dy - h // 2, 0, size - h)), int(np.clip(dx - w // 2, 0, size - w))
     piece = src[sy : sy + h, sx : sx + w]
     if rng.random() < 0.5:
         piece = piece[:, ::-1]
@@ -75,8 +94,9 @@ def _patch(img: np.ndarray, rng: np.random.Generator, others: np.ndarray) -> tup
     return out - img, mask
 
 
-def _blur(img: np.ndarray, rng: np.random.Generator, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mask = _ellipse(img.shape[0], rng, 0.06, 0.15)
+def _blur(img: np.ndarray, rng: np.random.Generator, others: np.ndarray, where: np.ndarray) -> tuple:
+    """A smudged region: fine structure lost."""
+    mask = _ellipse(img.shape[0], _centre(where, rng), rng, 0.05, 0.12)
     blurred = cv2.GaussianBlur(img, (0, 0), img.shape[0] / 64 * rng.uniform(2, 4))
     return mask[..., None] * (blurred - img), mask
 
@@ -84,11 +104,11 @@ def _blur(img: np.ndarray, rng: np.random.Generator, others: np.ndarray) -> tupl
 _DRAW = {"scratch": _scratch, "stain": _stain, "patch": _patch, "blur": _blur}
 
 
-def _visible_change(img: np.ndarray, family: str, rng: np.random.Generator, others: np.ndarray) -> tuple:
+def _visible_change(img: np.ndarray, family: str, rng: np.random.Generator, others: np.ndarray, where: np.ndarray):
     """A full-strength change and its mask that is visible; None when TRIES draws were all invisible (a blur on a
     flat background, a background patch moved onto background)."""
     for _ in range(TRIES):
-        delta, mask = _DRAW[family](img, rng, others)
+        delta, mask = _DRAW[family](img, rng, others, where)
         if mask.sum() >= 1 and float(np.abs(delta).sum(axis=-1)[mask > 0].mean()) >= MIN_VISIBLE:
             return delta.astype(np.float32), mask
     return None
@@ -100,9 +120,11 @@ def make_probe_set(
     families: tuple[str, ...] = FAMILIES,
     strengths: tuple[float, ...] = STRENGTHS,
     per_good: int = 2,
+    regions: np.ndarray | None = None,
 ) -> ProbeSet:
     """goods (N, S, S, 3) -> the goods + per_good probes of every family on each good at every strength (the same
-    change at each strength, so strengths compare like with like). Seeded."""
+    change at each strength, so strengths compare like with like). `regions` (N, S, S) bool: where the product is
+    (defects are centred there); None = anywhere. Seeded."""
     if len(goods) == 0:
         raise DataError("probe defects: no held-out good images to draw them on")
     rng = np.random.default_rng(seed)
@@ -111,7 +133,8 @@ def make_probe_set(
     for family in families:
         for i in range(n):
             for _ in range(per_good):
-                drawn = _visible_change(goods[i], family, rng, goods)
+                where = regions[i] if regions is not None and regions[i].any() else np.ones((size, size), bool)
+                drawn = _visible_change(goods[i], family, rng, goods, where)
                 if drawn is None:
                     continue
                 delta, mask = drawn
