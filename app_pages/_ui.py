@@ -113,12 +113,26 @@ def bundle(run_dir: Path) -> Any:
 
 
 def run_label(run_dir: Path) -> str:
+    """'<run> · <model> · AUROC 0.750 (real 8/4) ⚠': the run's CURRENT evaluation and what it was made on."""
+    from recon_core.evaluation import evaluation_summary
     from recon_core.workspace import run_summary
 
-    row = run_summary(run_dir)
-    auroc = row.get("image_auroc")
-    score = f" · AUROC {auroc:.3f}" if isinstance(auroc, float) else ""
+    row, summary = run_summary(run_dir), evaluation_summary(run_dir)
+    auroc = summary.get("image_auroc")
+    score = ""
+    if isinstance(auroc, float):
+        kind = "synthetic" if summary.get("synthetic") else "real"
+        score = f" · AUROC {auroc:.3f} ({kind} {summary.get('n_good')}/{summary.get('n_defect')})"
+        score += " ⚠" if summary.get("warnings") else ""
     return f"{run_dir.name} · {row.get('model') or '?'}{score}"
+
+
+def show_run_warnings(run_dir: Path) -> None:
+    """The current evaluation's warnings (weak model, leak, under-trained) wherever a page shows the run's figures."""
+    from recon_core.evaluation import evaluation_summary
+
+    for text in evaluation_summary(run_dir).get("warnings", []):
+        st.warning(text, icon="⚠️")
 
 
 def pick_run(project: Project, key: str) -> Path | None:
@@ -133,6 +147,7 @@ def pick_run(project: Project, key: str) -> Path | None:
     name = st.selectbox("Run", names, index=index, key=key, format_func=lambda n: run_label(project.runs_dir / n))
     if name != saved:
         remember(**{f"run:{project.name}": name})
+    show_run_warnings(project.runs_dir / name)
     return project.runs_dir / name
 
 
@@ -149,14 +164,10 @@ def thumbs(paths: list[Path], columns: int = 6, limit: int = 48, captions: bool 
 
 
 def cached_eval(run_dir: Path):
-    """The app's evaluation on current test images if made, else the one the run wrote when it finished."""
-    from recon_core.evaluation import load_eval
-    from recon_core.workspace import eval_cache
+    """The run's current (latest) evaluation and its stem (evaluation.current_evaluation)."""
+    from recon_core.evaluation import current_evaluation
 
-    for stem in (eval_cache(run_dir), run_dir / "eval"):
-        if stem.with_suffix(".npz").is_file() or Path(str(stem) + ".npz").is_file():
-            return load_eval(stem), stem
-    return None, None
+    return current_evaluation(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -329,8 +329,21 @@ def _validate_spec(spec_dict: dict[str, Any]) -> None:
         return
     cls = get_model_class(spec.model)
     preset = spec.preset or cls.default_preset
-    cls.config_from_preset(preset, **spec.model_overrides)
+    config = cls.config_from_preset(preset, **spec.model_overrides)
     budget_for(spec, cls, preset)
+    _check_memory(spec, config)
+
+
+def _check_memory(spec: Any, config: Any) -> None:
+    """Refuse a batch / image size that cannot fit on the requested device, when that device is here."""
+    from recon_core.device import resolve_device
+    from recon_core.memory import check_fits
+
+    try:
+        device = resolve_device(spec.device)
+    except ConfigError:
+        return  # not on this machine: the worker checks it where it runs
+    check_fits(spec.model, config, device)
 
 
 # ---------------------------------------------------------------------------------------------------------------

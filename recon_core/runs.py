@@ -209,16 +209,24 @@ def write_heatmaps(result: Any, out_dir: Path, limit: int = MAX_HEATMAPS) -> lis
 
 
 def _default_threshold(result: Any) -> Any:
-    """F1-optimal threshold on the evaluation (real or synthetic), so predict gives verdicts right away; the
-    Threshold page / `threshold` command replace it."""
-    from recon_core.metrics import threshold_f1
+    """metrics.default_threshold on the evaluation (from held-out goods unless there are real defects), so predict
+    gives verdicts right away; marked provisional while the data cannot back it. The Threshold page / `threshold`
+    command replace it."""
+    from recon_core.metrics import default_threshold
 
     try:
-        thr = threshold_f1(result.labels, result.scores)
+        return default_threshold(result.labels, result.scores, bool(result.synthetic))
     except ReconError:
         return None
-    thr.params = {**thr.params, "synthetic": bool(result.synthetic), "default": True}
-    return thr
+
+
+def _record_leak_check(run_dir: Path, m: dict[str, Any]) -> None:
+    """data.json says honestly whether the evaluation used training images (compared by content)."""
+    path = run_dir / "data.json"
+    data = json.loads(path.read_text())
+    for key in ("evaluation_goods_seen_in_training", "excluded_training_images"):
+        data[key] = m.get(key)
+    save_json(path, data)
 
 
 def execute_run(
@@ -231,9 +239,12 @@ def execute_run(
 ) -> RunResult:
     from recon_core import bundle as bundle_mod
     from recon_core.device import configure_cpu_threads, describe_device, resolve_device
-    from recon_core.evaluation import evaluate_bundle, save_eval
+    from recon_core.evaluation import evaluate_bundle, evaluated_on, save_eval
     from recon_core.images import TestSet, load_dataset
+    from recon_core.leakage import digests
+    from recon_core.memory import check_fits
     from recon_core.models import get_model_class
+    from recon_core.seeding import seeded_model
     from recon_core.train import fit
 
     if not isinstance(spec, RunSpec):
@@ -257,6 +268,9 @@ def execute_run(
         device = resolve_device(spec.device)
         if device.type == "cpu":
             configure_cpu_threads()
+        needs = check_fits(spec.model, config, device)  # refuse what cannot fit before loading any data
+        if needs is not None:
+            log.info("memory: %s", needs.describe())
         data_path = resolve_data_path(spec.data)
         log.info("run %s: model %s preset %s on %s, data %s", run_dir.name, spec.model, preset, device, data_path)
 
@@ -267,7 +281,7 @@ def execute_run(
         test = dataset.test
         train_images, train_paths = dataset.train.images, list(dataset.train.paths)
         labelled_paths: list[str] = []
-        model = cls(config, device)
+        model = seeded_model(cls, config, device, spec.seed)  # starting weights follow the run's seed
         if spec.labelled_defects:
             test, l_images, l_masks, labelled_paths = _take_labelled(test, spec.labelled_defects, spec.seed)
             model.set_labelled_defects(l_images, l_masks)
@@ -279,6 +293,7 @@ def execute_run(
             {
                 "root": str(data_path),
                 "train": train_paths,
+                "train_sha256": digests(train_paths + labelled_paths),  # leakage: content, not paths
                 "held_out_goods": held_paths if held_paths != train_paths else [],
                 "evaluation_goods_seen_in_training": test is None and held_paths == train_paths,
                 "labelled_defects": labelled_paths,
@@ -313,7 +328,8 @@ def execute_run(
             loss_log_path=run_dir / "losses.csv",
         )
         model.synth_config = spec.synth
-        loaded = bundle_mod.LoadedBundle(model, spec.synth, None, {}, None, str(run_dir / "model.pt"))
+        facts = {"preset": preset, "iterations": summary.iterations}  # for the evaluation's under-training check
+        loaded = bundle_mod.LoadedBundle(model, spec.synth, None, facts, None, str(run_dir / "model.pt"))
         eval_set = test
         if test is None:  # a plain folder: held-out goods (+ synthetic defects, added by evaluate_bundle)
             eval_set = TestSet(
@@ -324,8 +340,9 @@ def execute_run(
                 paths=held_paths,
                 defect_types=["good"] * len(held_paths),
             )
-        result = evaluate_bundle(loaded, eval_set)
+        result = evaluate_bundle(loaded, eval_set)  # leaves out copies of the training files (data.json digests)
         save_eval(result, run_dir / "eval")
+        _record_leak_check(run_dir, result.metrics)
         threshold = _default_threshold(result)
         metadata = {
             "data": str(data_path),
@@ -354,6 +371,8 @@ def execute_run(
             "device": describe_device(device),
             "threshold": None if threshold is None else to_dict(threshold),
             "wall_seconds": round(time.time() - started, 2),
+            "evaluation": "eval",
+            "evaluated_on": evaluated_on(result.metrics),
         }
         save_json(run_dir / "metrics.json", metrics)
         write_heatmaps(result, run_dir / "heatmaps")

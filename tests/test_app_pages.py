@@ -167,12 +167,19 @@ def test_evaluate_page(workspace: Path) -> None:
     assert not at.exception and not at.error
     assert (workspace / "demo" / "runs" / "run-tiny" / "eval_app.npz").is_file()
     assert any("eval_app.npz" in c.value for c in at.caption)
+    # the run picker shows the new evaluation and what it was made on (issue 13.5)
+    summary = json.loads((workspace / "demo" / "runs" / "run-tiny" / "metrics.json").read_text())
+    assert summary["evaluation"] == "eval_app" and summary["evaluated_on"]
 
 
 def test_threshold_page_methods() -> None:
     at = run_page("5_threshold.py")
     assert "Good accepted" in [m.label for m in at.metric]
     assert len(at.get("plotly_chart")) == 2  # score histogram with the threshold line + ROC with the point
+    # a 1 % target on a handful of held-out goods: the resolution, and how many goods it needs (issue 13.3)
+    shown = " ".join(w.value for w in at.warning)
+    assert "moves in steps of" in shown and "needs about 300 good images" in shown
+    assert "Provisional threshold" in texts(at)  # few goods, synthetic defects (issue 13.2)
     for method in ("f1", "quantile", "roc", "manual"):
         at.radio(key="thr_method").set_value(method)
         at.run()
@@ -189,7 +196,7 @@ def test_threshold_page_methods() -> None:
 
 def test_inspect_page(workspace: Path) -> None:
     at = run_page("6_inspect.py")
-    assert "Running the ONNX model" in texts(at)
+    assert "predict_onnx.py" in texts(at) and "preprocess.py" in texts(at)  # the export's own preprocessing
     at.radio(key="inspect_source").set_value("folder")
     at.run()
     at.text_input(key="inspect_folder").input(str(workspace / "demo" / "data" / "test" / "defect"))

@@ -178,7 +178,21 @@ def train(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     if m.get("synthetic"):
         print("note: no real defect images: metrics are on held-out good images + synthetic defects (optimistic)")
+    _print_caveats(m.get("warnings"), m.get("threshold"))
     return 0
+
+
+def _print_caveats(warnings: list[str] | None, threshold: Any = None) -> None:
+    """The evaluation's warnings and the threshold (provisional or not), on stderr so JSON output stays clean."""
+    from recon_core.config import from_dict
+    from recon_core.metrics import Threshold, describe_threshold
+
+    for text in warnings or []:
+        print(f"warning: {text}", file=sys.stderr)
+    if isinstance(threshold, dict):
+        threshold = from_dict(Threshold, threshold, where="threshold")
+    if threshold is not None:
+        print(f"threshold: {describe_threshold(threshold)}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,12 +202,18 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from recon_core import metrics as metrics_mod
     from recon_core.bundle import load_bundle
-    from recon_core.evaluation import evaluate_bundle, save_eval
+    from recon_core.evaluation import evaluate_bundle, evaluated_on, record_evaluation, save_eval
     from recon_core.runs import resolve_data_path
 
     bundle = load_bundle(bundle_path_of(args.run), args.device)
+    # a run's own training images are left out (by content, from its data.json)
     result = evaluate_bundle(bundle, resolve_data_path(args.data), synthetic_fallback=not args.no_synthetic)
-    out: dict[str, Any] = {"metrics": result.metrics, "synthetic": result.synthetic}
+    out: dict[str, Any] = {
+        "metrics": result.metrics,
+        "synthetic": result.synthetic,
+        "evaluated_on": evaluated_on(result.metrics),
+        "warnings": result.metrics["warnings"],
+    }
     if len(set(result.labels.tolist())) == 2:
         out["roc"] = metrics_mod.roc_points(result.labels, result.scores)
         out["pr"] = metrics_mod.pr_points(result.labels, result.scores)
@@ -201,7 +221,10 @@ def evaluate(args: argparse.Namespace) -> int:
         out["confusion"] = metrics_mod.confusion(result.labels, result.scores, bundle.threshold)
     if args.save_eval:
         save_eval(result, args.save_eval)
+    if Path(args.run).is_dir():  # the run's current evaluation from now on (picker, metrics.json, exports)
+        record_evaluation(args.run, result)
     _print_json(out, args.out)
+    _print_caveats(result.metrics["warnings"], bundle.threshold)
     return 0
 
 
@@ -252,6 +275,8 @@ def predict(args: argparse.Namespace) -> int:
             print(f"problem: {display_path(r['path'])}: {r['problem']}", file=sys.stderr)
     if bundle.threshold is None:
         print("note: the model has no threshold yet, so no verdicts (set one with the threshold command)")
+    elif bundle.threshold.params.get("provisional"):
+        _print_caveats([], bundle.threshold)
     return 0
 
 
@@ -285,28 +310,34 @@ def compute_threshold(result: Any, method: str, value: float | None, review_belo
         thr = m.threshold_manual(value)
     else:
         raise ConfigError(f"unknown threshold method {method!r}: f1, fpr, quantile or manual")
-    if result.synthetic:
-        thr.params = {**thr.params, "synthetic": True}
+    thr = m.annotate(thr, result.labels, result.synthetic)  # counts, synthetic or real, provisional
     return thr.with_review(review_below) if review_below is not None else thr
 
 
 def threshold(args: argparse.Namespace) -> int:
     from recon_core import metrics as m
-    from recon_core.bundle import set_threshold
     from recon_core.config import to_dict
-    from recon_core.evaluation import load_eval
+    from recon_core.evaluation import current_evaluation, evaluated_on, record_threshold
 
     run = Path(args.run)
     if not run.is_dir():
         raise ConfigError(f"{run}: not a run folder")
-    bundle = bundle_path_of(run)
-    result = load_eval(run / "eval")
+    bundle_path_of(run)
+    result, _ = current_evaluation(run)  # the latest evaluation (never on the run's training images)
+    if result is None:
+        raise ConfigError(f"{run}: no saved evaluation (run eval first)")
     thr = compute_threshold(result, args.method, args.value, args.review_below)
-    set_threshold(bundle, thr)
-    out = {"threshold": to_dict(thr), "confusion": m.confusion(result.labels, result.scores, thr)}
+    record_threshold(run, thr)
+    out = {
+        "threshold": to_dict(thr),
+        "confusion": m.confusion(result.labels, result.scores, thr),
+        "evaluated_on": evaluated_on(result.metrics),
+        "warnings": list(thr.params.get("warnings", [])) + list(result.metrics.get("warnings", [])),
+    }
     if result.synthetic:
         out["note"] = "computed on synthetic defects (no real defect images in the evaluation)"
     _print_json(out)
+    _print_caveats(out["warnings"], thr)
     return 0
 
 
