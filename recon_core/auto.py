@@ -120,6 +120,18 @@ def total_budget(spec: Any, cfg: AutoConfig) -> Any:
     return Budget(iterations=spec.iterations, minutes=spec.minutes)
 
 
+def candidate_configs(spec: Any) -> dict[str, Any]:
+    """model name -> the config each candidate of this auto run trains with."""
+    from recon_core.models import get_model_class
+
+    cfg = auto_config(spec)
+    out = {}
+    for name in cfg.candidates:
+        cls = get_model_class(name)
+        out[name] = cls.config_from_preset(candidate_preset(cls, spec.preset), **cfg.candidate_overrides.get(name, {}))
+    return out
+
+
 def validate_auto_spec(spec: Any) -> None:
     """What execute_run would refuse at once, refused at submit time (jobs) too."""
     from recon_core.models import get_model_class
@@ -129,9 +141,7 @@ def validate_auto_spec(spec: Any) -> None:
         raise ConfigError("auto: warm start (init_from) is not available; it trains several models from scratch")
     if spec.preset is not None and not any(spec.preset in get_model_class(n).presets for n in cfg.candidates):
         raise ConfigError(f"auto: no candidate has preset {spec.preset!r}; choose from {auto_presets(cfg)}")
-    for name in cfg.candidates:
-        cls = get_model_class(name)
-        cls.config_from_preset(candidate_preset(cls, spec.preset), **cfg.candidate_overrides.get(name, {}))
+    candidate_configs(spec)
     total_budget(spec, cfg)
 
 
@@ -426,10 +436,7 @@ def run_auto(spec: Any, run_dir: str | Path, *, progress: Any = None, should_sto
         budget = total_budget(spec, cfg)
         save_json(run_dir / "spec.json", spec)
         classes = {n: get_model_class(n) for n in cfg.candidates}
-        sizes = [
-            c.config_from_preset(candidate_preset(c, spec.preset), **cfg.candidate_overrides.get(n, {})).image_size
-            for n, c in classes.items()
-        ]
+        sizes = [c.image_size for c in candidate_configs(spec).values()]
         data_path = resolve_data_path(spec.data)
         trains = any(c.uses_labelled_defects for c in classes.values())
         split = _split(spec, cfg, data_path, max(sizes), trains)

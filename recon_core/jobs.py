@@ -323,9 +323,11 @@ def _validate_spec(spec_dict: dict[str, Any]) -> None:
 
     spec = from_dict(RunSpec, spec_dict, where="run spec")
     if spec.model == "auto":  # a strategy over several models, checked by its own module
-        from recon_core.auto import validate_auto_spec
+        from recon_core.auto import candidate_configs, validate_auto_spec
 
         validate_auto_spec(spec)
+        for name, config in candidate_configs(spec).items():
+            _check_memory(dataclasses.replace(spec, model=name), config)
         return
     cls = get_model_class(spec.model)
     preset = spec.preset or cls.default_preset
