@@ -52,6 +52,8 @@ class RunSpec:
     checkpoint_every: int = 50
     name: str | None = None
     labelled_defects: int = 0
+    # files left out of training and evaluation (model "auto" holds them out to choose the model on)
+    exclude_paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # refused here (so `jobs submit` refuses at once) rather than as a ValueError deep inside the worker
@@ -139,6 +141,22 @@ def _take_labelled(test: Any, count: int, seed: int) -> tuple[Any, np.ndarray, n
     )
     masks = test.masks[chosen] if test.has_masks else None
     return rest, test.images[chosen], masks, [test.paths[i] for i in chosen]
+
+
+def _without(images: Any, paths: list[str]) -> Any:
+    """An ImageSet or TestSet without the images whose path is in `paths` (same order otherwise)."""
+    if images is None or not paths:
+        return images
+    drop = set(paths)
+    keep = np.array([i for i, p in enumerate(images.paths) if p not in drop], dtype=int)
+    changes: dict[str, Any] = {"images": images.images[keep], "paths": [images.paths[i] for i in keep]}
+    if hasattr(images, "labels"):
+        changes.update(
+            labels=np.asarray(images.labels)[keep],
+            masks=images.masks[keep],
+            defect_types=[images.defect_types[i] for i in keep],
+        )
+    return dataclasses.replace(images, **changes)
 
 
 def _holdout(train: Any, seed: int) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
@@ -231,6 +249,10 @@ def execute_run(
 
     if not isinstance(spec, RunSpec):
         raise ConfigError(f"execute_run: expected a RunSpec, got {type(spec).__name__}")
+    if spec.model == "auto":  # a run-level strategy: trains candidate models through this function
+        from recon_core.auto import run_auto
+
+        return run_auto(spec, run_dir, progress=progress, should_stop=should_stop, resume=resume)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _attach_log(run_dir)
@@ -253,6 +275,9 @@ def execute_run(
         log.info("run %s: model %s preset %s on %s, data %s", run_dir.name, spec.model, preset, device, data_path)
 
         dataset = load_dataset(data_path, config.image_size, shots=spec.shots, seed=spec.seed)
+        if spec.exclude_paths:
+            dataset.train = _without(dataset.train, spec.exclude_paths)
+            dataset.test = _without(dataset.test, spec.exclude_paths)
         test = dataset.test
         train_images, train_paths = dataset.train.images, list(dataset.train.paths)
         labelled_paths: list[str] = []

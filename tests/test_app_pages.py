@@ -134,12 +134,52 @@ def test_designer_widgets_equal_the_synth_declaration() -> None:
 
 def test_train_page_renders_and_switches_budget() -> None:
     at = run_page("3_train.py")
-    assert at.selectbox(key="train_model").options == ["DRAEM", "DSR"]
+    assert at.selectbox(key="train_model").options == ["DRAEM", "DSR", "AUTO"]
     assert "Runs" in texts(at)
     at.radio(key="budget_kind").set_value("iterations")
     at.run()
     assert not at.exception
     assert at.number_input(key="budget_iterations").value == 500
+
+
+def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AUTO says what it trains and chooses on; a finished auto job shows the candidates' scores and the reason."""
+    from recon_core.jobs import JobStore
+    from recon_core.runs import RunSpec
+
+    monkeypatch.setattr(JobStore, "kick", lambda self: [])
+    at = run_page("3_train.py")
+    at.selectbox(key="train_model").set_value("auto")
+    at.run()
+    assert not at.exception
+    assert "held out to choose on" in texts(at) and "cpu" in at.selectbox(key="train_preset").options
+    store = JobStore(workspace)
+    job_id = store.submit(RunSpec(data=str(workspace / "demo" / "data"), model="auto", iterations=1), project="demo")
+    candidate = {"iterations": 1, "train_seconds": 1.0, "test": {"image_auroc": 0.7, "synthetic": False}}
+    record = {
+        "winner": "draem",
+        "reason": "draem: probe-defect image AUROC 0.910 vs autoencoder 0.640",
+        "held_out_goods": ["a.png", "b.png"],
+        "validation_defects": [],
+        "n_probe_defects": 48,
+        "candidates": [
+            {**candidate, "model": "autoencoder", "validation": {"probe_image_auroc": 0.64}},
+            {**candidate, "model": "draem", "validation": {"probe_image_auroc": 0.91}},
+        ],
+    }
+    try:
+        with store._write() as c:
+            c.execute("UPDATE jobs SET state='succeeded', result=? WHERE id=?", (json.dumps({"auto": record}), job_id))
+        at = run_page("3_train.py")
+        at.selectbox(key="job_select").set_value(job_id)
+        at.run()
+        assert not at.exception
+        assert "Auto choice: DRAEM" in texts(at) and "48 probe defects" in texts(at)
+        table = next(d.value for d in at.dataframe if "probe image AUROC" in d.value.columns)
+        assert list(table["model"]) == ["autoencoder", "draem (kept)"]
+        assert list(table["probe image AUROC"]) == [0.64, 0.91]
+    finally:
+        store.delete(job_id)
 
 
 def test_evaluate_page(workspace: Path) -> None:

@@ -110,7 +110,11 @@ SPEC_FROM_OPTIONS_SKIP = ("data", "model_overrides", "synth")  # built from PATH
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The run-spec options, declared once for `train` and `jobs submit` (defaults: RunSpec's, when not given)."""
-    p.add_argument("--model", default=None, help="draem, dsr, autoencoder, ganomaly, aae (default draem)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="draem, dsr, autoencoder, ganomaly, aae, auto (trains several, keeps the best); default draem",
+    )
     p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
     p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
