@@ -7,6 +7,7 @@ Pages stay thin: they read state from the workspace, call recon_core and draw. T
 from __future__ import annotations
 
 import json
+import sqlite3
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +80,10 @@ def guarded(body: Callable[[], None]) -> None:
         body()
     except ReconError as exc:
         st.error(str(exc))
+    except sqlite3.OperationalError as exc:  # busy / locked: not damage
+        st.error(f"The job database is busy ({exc}); try again in a moment.")
+    except sqlite3.DatabaseError as exc:  # jobs.sqlite damaged while the app ran: rebuild it from the run folders
+        st.warning(job_store(str(ws())).repair(str(exc)) + " Reload the page.")
     except Exception as exc:  # the page must never show a raw traceback
         if type(exc).__name__ in ("StopException", "RerunException"):  # Streamlit control flow
             raise
@@ -95,7 +100,12 @@ def job_store(path: str) -> Any:
 
 
 def store() -> Any:
-    return job_store(str(ws()))
+    """The workspace's job store; when opening it found jobs.sqlite damaged and rebuilt it, say so (once a session)."""
+    jobs = job_store(str(ws()))
+    if jobs.repaired and st.session_state.get("_repair_seen") != jobs.repaired:
+        st.session_state["_repair_seen"] = jobs.repaired
+        st.warning(jobs.repaired)
+    return jobs
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)

@@ -236,7 +236,8 @@ def test_inspect_page(workspace: Path) -> None:
     assert len(at.dataframe[0].value) == n_defects
     at.slider(key="inspect_alpha").set_value(0.8)  # any rerun: the last result stays
     at.run()
-    assert not at.exception and len(at.dataframe) == 1 and len(at.image) == n_defects
+    # each image is shown beside its heat map (issue 13: the overlay alone hid the photo)
+    assert not at.exception and len(at.dataframe) == 1 and len(at.image) == 2 * n_defects
     fresh = run_page("6_inspect.py")  # a new session (tab closed, app restarted): still there, from the run folder
     assert len(fresh.dataframe) == 1 and len(fresh.dataframe[0].value) == n_defects
     assert "Last inspection" in texts(fresh)

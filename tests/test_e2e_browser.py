@@ -346,6 +346,24 @@ def test_inspect_a_new_image(ui: Any, app: dict[str, Any]) -> None:
     no_errors(ui)
 
 
+def test_inspect_two_uploads_with_the_same_name(ui: Any, app: dict[str, Any]) -> None:
+    """Issue 13 item 7: two different images both called part.png are two rows with their own scores (the second
+    used to overwrite the first, so both rows showed its score: a defective part could be shown as accepted)."""
+    go(ui, app, "/inspect", "Inspect & export")
+    good = write_parts(app["tmp"] / "same_a", 1, seed=7)[0].rename(app["tmp"] / "same_a" / "part.png")
+    bad = write_parts(app["tmp"] / "same_b", 1, seed=8, scratch=True)[0].rename(app["tmp"] / "same_b" / "part.png")
+    upload(ui, "Images to check", [good, bad])
+    ui.get_by_role("button", name="Run inspection").click()
+    ui.get_by_text(re.compile(r"Last inspection .*2 images")).wait_for()
+    scores = {}
+    for name in ("part.png", "part.png (2)"):
+        caption = ui.get_by_text(re.compile(rf"^(ACCEPT|REVIEW|REJECT) · {re.escape(name)} · -?[0-9.]+$"))
+        scores[name] = float(caption.inner_text().rsplit(" · ", 1)[1])
+    assert scores["part.png"] != scores["part.png (2)"], scores
+    ui.get_by_text("photo · part.png (2)").wait_for()  # the photo is shown beside its heat map
+    no_errors(ui)
+
+
 def test_export_bundle_download(ui: Any, app: dict[str, Any], tmp_path: Path) -> None:
     go(ui, app, "/inspect", "Inspect & export")
     ui.get_by_role("tab", name="Export").click()
