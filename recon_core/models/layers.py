@@ -409,3 +409,4 @@ __all__ = [
     "ssim_loss",
     "ssim_map",
 ]
+
