@@ -67,7 +67,7 @@ def synthetic_test_set(goods: np.ndarray, paths: list[str], synth_config: Any, i
     parts, masks, types, names = [], [], [], []
     for label, (lo, hi), idx in groups:
         cfg = dataclasses.replace(base, opacity_min=lo, opacity_max=hi, rotate_good_probability=0.0)
-        aug, m, _ = DefectGenerator(cfg, image_size).augment(goods[idx], rng, force_defect=True)
+        aug, m, _ = DefectGenerator(cfg, image_size, goods=goods).augment(goods[idx], rng, force_defect=True)
         parts.append(aug)
         masks.append(m)
         types += [f"synthetic-{label}"] * len(idx)

@@ -155,7 +155,7 @@ class Draem(AnomalyModel):
         from recon_core.synth import DefectGenerator, SynthConfig
 
         self.synth_config = synth_config if synth_config is not None else SynthConfig()
-        self.generator = DefectGenerator(self.synth_config, self.cfg.image_size)
+        self.generator = DefectGenerator(self.synth_config, self.cfg.image_size, goods=train_images)
         # one Adam over both networks, as in the official code (the lr drops are applied by train.fit)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.cfg.lr)
 
