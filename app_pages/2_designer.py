@@ -9,6 +9,7 @@ import streamlit as st
 
 from app_pages._ui import guarded, require_project
 from recon_core.errors import ReconError
+from recon_core.foreground import estimate_foreground
 from recon_core.images import load_images
 from recon_core.synth import SynthConfig, bundled_textures_dir, preview, preview_grid
 from recon_core.workspace import save_textures
@@ -39,8 +40,13 @@ def knobs(saved: SynthConfig, project) -> SynthConfig:
     op_lo, op_hi = st.slider(
         "Opacity range", 0.0, 1.0, (float(saved.opacity_min), float(saved.opacity_max)), 0.05, key="opacity"
     )
-    sources = ["bundled", "folder", "noise"]
-    labels = {"bundled": "shipped texture set", "folder": "a folder / uploaded textures", "noise": "random noise"}
+    sources = ["bundled", "folder", "noise", "self"]
+    labels = {
+        "bundled": "shipped texture set",
+        "folder": "a folder / uploaded textures",
+        "noise": "random noise",
+        "self": "patches of the product's own goods",
+    }
     source = st.radio(
         "Texture source",
         sources,
@@ -65,6 +71,15 @@ def knobs(saved: SynthConfig, project) -> SynthConfig:
     else:
         st.caption(f"Shipped textures: `{bundled_textures_dir()}`" if source == "bundled" else "")
     augs = st.slider("Texture augmentations", 0, 5, int(saved.texture_augmentations), key="texture_augs")
+    where = {"auto": "auto (decide from the goods)", "on": "on the product only", "off": "anywhere in the image"}
+    foreground = st.radio(
+        "Where defects go",
+        list(where),
+        index=list(where).index(saved.foreground),
+        format_func=where.get,
+        key="foreground",
+        horizontal=True,
+    )
     st.markdown("**Training mix**")
     prob = st.slider("Defect probability", 0.0, 1.0, float(saved.defect_probability), 0.05, key="defect_probability")
     rot_p = st.slider(
@@ -88,6 +103,7 @@ def knobs(saved: SynthConfig, project) -> SynthConfig:
         rotate_good_probability=float(rot_p),
         rotate_good_degrees=float(rot_deg),
         seed=int(seed),
+        foreground=foreground,
     )
 
 
@@ -111,15 +127,18 @@ def body() -> None:
         images = _goods(tuple(str(p) for p in goods[:32]), PREVIEW_SIZE)
         try:  # an unusable knob combination (e.g. an empty texture folder) is shown here, the knobs stay usable
             shown = dataclasses.replace(config, seed=config.seed + 1000 * bump)
-            augmented, masks = preview(images, shown, n=PREVIEW_N)
+            fg = estimate_foreground(images, config.foreground)
+            augmented, masks = preview(images, shown, n=PREVIEW_N, foreground=fg)
         except ReconError as exc:
             st.error(f"No preview: {exc}")
             return
         st.image(
-            preview_grid(augmented, masks, columns=4),
-            caption="Synthetic defects (outlined in magenta)",
+            preview_grid(augmented, masks, columns=4, foregrounds=fg.masks(augmented) if fg.enabled else None),
+            caption="Synthetic defects (outlined in magenta)"
+            + ("; the product (outlined in cyan), background darkened" if fg.enabled else ""),
             width="stretch",
         )
+        st.caption(f"Product region: {fg.reason}")
         coverage = float(masks.mean()) * 100
         st.caption(f"Mean defect area: {coverage:.1f} % of the image")
         changed = config != saved

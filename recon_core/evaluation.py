@@ -125,7 +125,7 @@ def evaluate_bundle(bundle: Any, data_path_or_testset: Any, *, synthetic_fallbac
     if test.images.shape[1:3] != (size, size):
         raise DataError(f"evaluation: test images are {test.images.shape[1:3]}, the model expects {size}x{size}")
     model.train_mode(False)
-    pred = model.predict(test.images, batch_size=int(getattr(model.config, "batch_size", 8)))
+    pred = model.score(test.images, batch_size=int(getattr(model.config, "batch_size", 8)))
     scores = np.asarray(pred.image_scores, dtype=np.float64)
     maps = np.asarray(pred.maps, dtype=np.float32)
     labels = np.asarray(test.labels, dtype=int)

@@ -216,6 +216,7 @@ def execute_run(
     from recon_core.evaluation import evaluate_bundle, save_eval
     from recon_core.images import TestSet, load_dataset
     from recon_core.models import get_model_class
+    from recon_core.normalisation import calibrate as calibrate_normalisation
     from recon_core.train import fit
 
     if not isinstance(spec, RunSpec):
@@ -288,6 +289,9 @@ def execute_run(
             loss_log_path=run_dir / "losses.csv",
         )
         model.synth_config = spec.synth
+        # scores relative to the goods' maps, if that helps on synthetic validation (training goods only)
+        model.normaliser, norm_figures = calibrate_normalisation(model, train_images, spec.synth)
+        log.info("map normalisation: %s (validation %s)", getattr(model.normaliser, "mode", "none"), norm_figures)
         loaded = bundle_mod.LoadedBundle(model, spec.synth, None, {}, None, str(run_dir / "model.pt"))
         eval_set = test
         if test is None:  # a plain folder: held-out goods (+ synthetic defects, added by evaluate_bundle)
@@ -328,6 +332,8 @@ def execute_run(
             "n_train": len(train_images),
             "device": describe_device(device),
             "threshold": None if threshold is None else to_dict(threshold),
+            "normalisation": getattr(model.normaliser, "mode", "none"),
+            "normalisation_validation": norm_figures,
             "wall_seconds": round(time.time() - started, 2),
         }
         save_json(run_dir / "metrics.json", metrics)

@@ -104,6 +104,26 @@ def test_designer_preview_follows_sliders(workspace: Path) -> None:
     )
 
 
+def test_designer_shows_and_switches_the_product_region() -> None:
+    at = run_page("2_designer.py")
+
+    def region() -> str:
+        return next(c.value for c in at.caption if c.value.startswith("Product region:"))
+
+    assert at.radio(key="foreground").value == "auto"
+    assert region().startswith("Product region: auto")
+    at.radio(key="foreground").set_value("on")
+    at.run()
+    assert not at.exception
+    assert region().startswith("Product region: on:")
+    at.radio(key="foreground").set_value("off")
+    at.run()
+    assert region().startswith("Product region: off")
+    at.radio(key="texture_source").set_value("self")
+    at.run()
+    assert not at.exception and not at.error
+
+
 def test_train_page_renders_and_switches_budget() -> None:
     at = run_page("3_train.py")
     assert at.selectbox(key="train_model").options == ["DRAEM", "DSR"]

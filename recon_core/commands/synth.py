@@ -28,6 +28,7 @@ KNOBS: dict[str, tuple[type, str]] = {
     "rotate_good_probability": (float, "probability of rotating the good image itself"),
     "rotate_good_degrees": (float, "rotation range (+-degrees) of the good image"),
     "seed": (int, "random seed"),
+    "foreground": (str, "defects only on the product: auto (decide from the goods) | on | off (whole image)"),
 }
 
 
