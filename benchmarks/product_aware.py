@@ -38,6 +38,7 @@ from recon_core.models import get_model_class
 from recon_core.models.base import Budget
 from recon_core.normalisation import calibrate
 from recon_core.runs import resolve_data_path
+from recon_core.seeding import seeded_model
 from recon_core.synth import SynthConfig
 from recon_core.train import fit
 
@@ -155,8 +156,7 @@ def main() -> None:
     train = load_folder(root / "train" / "good", config.image_size, shots=SHOTS, seed=args.seed)
     held = held_out_goods(root, list(train.paths))
     synth = SynthConfig(texture_source=args.texture_source, foreground=args.foreground, seed=args.seed)
-    torch.manual_seed(args.seed)  # the starting weights follow the seed (issue 12 item 5)
-    model = cls(config, "cpu")
+    model = seeded_model(cls, config, torch.device("cpu"), args.seed)
     load = os.getloadavg()
     t0 = time.perf_counter()
     summary = fit(model, train.images, synth, Budget(iterations=args.iterations), seed=args.seed)

@@ -217,6 +217,7 @@ def execute_run(
     from recon_core.images import TestSet, load_dataset
     from recon_core.models import get_model_class
     from recon_core.normalisation import calibrate as calibrate_normalisation
+    from recon_core.seeding import seeded_model
     from recon_core.train import fit
 
     if not isinstance(spec, RunSpec):
@@ -243,7 +244,7 @@ def execute_run(
         test = dataset.test
         train_images, train_paths = dataset.train.images, list(dataset.train.paths)
         labelled_paths: list[str] = []
-        model = cls(config, device)
+        model = seeded_model(cls, config, device, spec.seed)  # starting weights follow the run's seed
         if spec.labelled_defects:
             test, l_images, l_masks, labelled_paths = _take_labelled(test, spec.labelled_defects, spec.seed)
             model.set_labelled_defects(l_images, l_masks)

@@ -28,6 +28,7 @@ import torch
 
 from recon_core.errors import CheckpointError, TrainingCancelled, TrainingError
 from recon_core.models.base import AnomalyModel, Budget, Progress, ProgressFn, TrainingStage
+from recon_core.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +320,7 @@ def fit(
     size = model.config.image_size
     if images.shape[1:3] != (size, size):
         raise TrainingError(f"training images are {images.shape[1:3]}, the model expects {size}x{size}")
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+    seed_everything(seed)
     rng = np.random.default_rng(seed)
     model.setup_training(images, synth_config, seed)
     stages = model.stages()
