@@ -22,6 +22,7 @@ import numpy as np
 
 from recon_core.errors import ConfigError, ImageError
 from recon_core.foreground import FOREGROUND_MODES, Foreground, estimate_foreground
+from recon_core.knobs import check, knob
 
 TEXTURE_SOURCES = ("bundled", "folder", "noise", "self")  # self: patches of the product's own good images
 MAX_SCALE_EXPONENT = 7  # 2**7 = 128 cells per axis at most
@@ -29,6 +30,8 @@ MAX_FOLDER_TEXTURES = 128  # a texture folder is sampled (seeded) down to this m
 NOISE_TEXTURES = 16  # size of the generated pool for texture_source="noise"
 EMPTY_MASK_RETRIES = 4
 SELF_PATCH_SHARE = (0.25, 0.75)  # texture_source "self": patch side, share of the image side
+N_AUGMENTATIONS = 10  # len(AUGMENTATIONS) below (asserted there); the upper bound of texture_augmentations
+MAX_SEED = 2**32 - 1  # also what a number box in the browser can hold exactly
 OUTLINE_COLOUR = (255, 0, 255)  # magenta: rare in product photos
 FOREGROUND_COLOUR = (0, 255, 255)  # cyan outline of the foreground in the preview
 BACKGROUND_DIM = 0.4  # the preview darkens what is outside the foreground to this share
@@ -36,59 +39,106 @@ BACKGROUND_DIM = 0.4  # the preview darkens what is outside the foreground to th
 
 @dataclass
 class SynthConfig:
-    perlin_scale_min: int = 0
-    perlin_scale_max: int = 5
-    threshold: float = 0.5
-    rotate_noise: bool = True
-    opacity_min: float = 0.2
-    opacity_max: float = 1.0
-    defect_probability: float = 0.5
-    texture_source: str = "bundled"  # "bundled" | "folder" | "noise" | "self" (patches of the goods)
-    texture_dir: str | None = None
-    texture_augmentations: int = 3
-    rotate_good_probability: float = 0.0
-    rotate_good_degrees: float = 90.0
-    seed: int = 0
-    foreground: str = "auto"  # auto | on | off: defects only on the product (recon_core.foreground)
+    """The defect generator's knobs. Each is declared once here (range, default, help); the CLI options
+    (`synth preview`), the designer's sliders and the validation are generated from these declarations."""
+
+    perlin_scale_min: int = knob(
+        0,
+        "smallest Perlin scale exponent k (2**k blobs per axis)",
+        lo=0,
+        hi=MAX_SCALE_EXPONENT,
+        upper="perlin_scale_max",
+        label="Perlin scale range (2^k blobs per axis)",
+        group="Defect shape (Perlin noise)",
+    )
+    perlin_scale_max: int = knob(
+        5, "largest Perlin scale exponent k", lo=0, hi=MAX_SCALE_EXPONENT, group="Defect shape (Perlin noise)"
+    )
+    threshold: float = knob(
+        0.5,
+        "noise threshold for the mask (higher = smaller defects)",
+        lo=-1.0,
+        hi=0.99,
+        step=0.01,
+        label="Mask threshold (higher = smaller defects)",
+        group="Defect shape (Perlin noise)",
+    )
+    rotate_noise: bool = knob(
+        True,
+        "rotate the Perlin noise by a random angle in +-90 degrees",
+        label="Rotate the noise",
+        group="Defect shape (Perlin noise)",
+    )
+    opacity_min: float = knob(
+        0.2,
+        "smallest texture weight inside the mask",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        upper="opacity_max",
+        label="Opacity range (texture weight inside the mask)",
+        group="Appearance",
+    )
+    opacity_max: float = knob(1.0, "largest texture weight inside the mask", lo=0.0, hi=1.0, step=0.05)
+    defect_probability: float = knob(
+        0.5,
+        "share of training samples that get a defect",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        label="Defect probability",
+        group="Training mix",
+    )
+    texture_source: str = knob(
+        "bundled",
+        "where textures come from",
+        choices=TEXTURE_SOURCES,
+        label="Texture source",
+        group="Appearance",
+    )
+    texture_dir: str | None = knob(
+        None, "folder of texture images (searched recursively) for texture source 'folder'", widget="none"
+    )
+    texture_augmentations: int = knob(
+        3,
+        "how many random augmentations each texture gets",
+        lo=0,
+        hi=N_AUGMENTATIONS,
+        label="Texture augmentations",
+        group="Appearance",
+    )
+    rotate_good_probability: float = knob(
+        0.0,
+        "probability of rotating the good image itself",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        label="Rotate good images: probability",
+        group="Training mix",
+    )
+    rotate_good_degrees: float = knob(
+        90.0,
+        "rotation range (+-degrees) of the good image",
+        lo=0.0,
+        hi=180.0,
+        step=5.0,
+        label="Rotate good images: ± degrees",
+        group="Training mix",
+    )
+    seed: int = knob(0, "random seed", lo=0, hi=MAX_SEED, widget="number", label="Seed", group="Training mix")
+    foreground: str = knob(
+        "auto",
+        "where defects go: auto (a product on a plain background gets defects only on itself, textures anywhere; "
+        "decided from the goods) | on (only on the product) | off (anywhere in the image)",
+        choices=FOREGROUND_MODES,
+        label="Where defects go",
+        group="Appearance",
+    )
 
     def __post_init__(self) -> None:
-        def number(name: str, lo: float, hi: float, integer: bool = False) -> None:
-            value = getattr(self, name)
-            kinds = (int,) if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kinds) or isinstance(value, complex):
-                raise ConfigError(f"synth.{name}: expected {'an integer' if integer else 'a number'}, got {value!r}")
-            if not (lo <= value <= hi) or (not integer and math.isnan(value)):
-                raise ConfigError(f"synth.{name}: {value!r} is outside [{lo}, {hi}]")
-
-        number("perlin_scale_min", 0, MAX_SCALE_EXPONENT, integer=True)
-        number("perlin_scale_max", 0, MAX_SCALE_EXPONENT, integer=True)
-        if self.perlin_scale_min > self.perlin_scale_max:
-            raise ConfigError(
-                f"synth.perlin_scale_min ({self.perlin_scale_min}) must not exceed perlin_scale_max "
-                f"({self.perlin_scale_max})"
-            )
-        number("threshold", -1.0, 0.99)
-        number("opacity_min", 0.0, 1.0)
-        number("opacity_max", 0.0, 1.0)
-        if self.opacity_min > self.opacity_max:
-            raise ConfigError(
-                f"synth.opacity_min ({self.opacity_min}) must not exceed opacity_max ({self.opacity_max})"
-            )
-        number("defect_probability", 0.0, 1.0)
-        number("texture_augmentations", 0, len(AUGMENTATIONS), integer=True)
-        number("rotate_good_probability", 0.0, 1.0)
-        number("rotate_good_degrees", 0.0, 180.0)
-        number("seed", 0, 2**63 - 1, integer=True)
-        if not isinstance(self.rotate_noise, bool):
-            raise ConfigError(f"synth.rotate_noise: expected true/false, got {self.rotate_noise!r}")
-        if self.texture_source not in TEXTURE_SOURCES:
-            raise ConfigError(f"synth.texture_source: {self.texture_source!r} is not one of {list(TEXTURE_SOURCES)}")
+        check(self, "synth")
         if self.texture_source == "folder" and not self.texture_dir:
             raise ConfigError("synth.texture_dir: texture_source 'folder' needs a texture_dir")
-        if self.foreground not in FOREGROUND_MODES:
-            raise ConfigError(f"synth.foreground: {self.foreground!r} is not one of {list(FOREGROUND_MODES)}")
-        if self.texture_dir is not None and not isinstance(self.texture_dir, str):
-            raise ConfigError(f"synth.texture_dir: expected text, got {self.texture_dir!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -216,6 +266,7 @@ AUGMENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]
     "rotation": _rotate,
 }
 _AUG_LIST = list(AUGMENTATIONS.values())
+assert len(AUGMENTATIONS) == N_AUGMENTATIONS  # the declared bound of SynthConfig.texture_augmentations
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -83,6 +83,15 @@ class ModelConfig:
     image_size: int = 256
     batch_size: int = 8
     lr: float = 1e-4
+    # training speed on accelerators (recon_core/precision.py); the GPU presets turn them on
+    precision: Literal["fp32", "auto", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False  # NHWC memory format (faster convolutions on tensor cores and some CPUs)
+    cudnn_benchmark: bool = False
+
+
+# what GPU presets add: bf16 autocast (fp16 + gradient scaling on GPUs without bf16), NHWC, cuDNN autotuning;
+# "auto" precision and cuDNN settings do nothing on a CPU
+GPU_SPEED: dict[str, Any] = {"precision": "auto", "channels_last": True, "cudnn_benchmark": True}
 
 
 class AnomalyModel(ABC):
@@ -201,6 +210,7 @@ def replace_config(config: ModelConfig, **changes: Any) -> ModelConfig:
 
 
 __all__ = [
+    "GPU_SPEED",
     "AnomalyModel",
     "Budget",
     "ModelConfig",

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from recon_core.errors import ConfigError
-from recon_core.models.base import AnomalyModel, ModelConfig, Prediction, TrainingStage
+from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Prediction, TrainingStage
 from recon_core.models.layers import (
     NORMS,
     SSPCAB,
@@ -56,7 +56,6 @@ class DraemConfig(ModelConfig):
     sspcab_weight: float = 0.1
     focal_gamma: float = 2.0
     score_pool: int = 21  # average-pool window for the image score, in pixels at 256 px (scaled); <= 1: max
-    channels_last: bool = False  # NHWC memory format (faster convolutions on some CPUs)
     train_crop: int = 0  # > 0: train on random crops of this side (scoring stays on the whole image, the nets are
     # fully convolutional): high resolution for thin defects at the cost per iteration of the crop size
 
@@ -104,9 +103,9 @@ class Draem(AnomalyModel):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # The published configuration: 256 px, w = 128 / 64 (~97M parameters), Adam 1e-4, batch 8; the paper
         # trains 700 epochs of 200-400 images, i.e. ~20k iterations (see preset_budgets). GPU only.
-        "paper": {"image_size": 256, "recon_width": 128, "disc_width": 64, "lr": 1e-4, "batch_size": 8},
+        "paper": {"image_size": 256, "recon_width": 128, "disc_width": 64, "lr": 1e-4, "batch_size": 8, **GPU_SPEED},
         # A GPU setting that converges in ~10-20 min on one modern GPU.
-        "gpu": {"image_size": 256, "recon_width": 64, "disc_width": 32, "lr": 2e-4, "batch_size": 8},
+        "gpu": {"image_size": 256, "recon_width": 64, "disc_width": 32, "lr": 2e-4, "batch_size": 8, **GPU_SPEED},
         # 2-core CPU (chosen by measurement, notes/draem.md): 128 px, a thin reconstructive net (it only has to
         # inpaint; w = 16 costs 0.64 GMAC/image vs 2.5 at w = 32) next to a discriminative net of the same base
         # width, lr 5e-4 (better than 1e-3 on synthetic validation from training images; 1e-4 is too slow for a

@@ -28,7 +28,7 @@ from torch import nn
 
 from recon_core.errors import CheckpointError, ConfigError
 from recon_core.models.autoencoder import gaussian_blur
-from recon_core.models.base import AnomalyModel, ModelConfig, Prediction, TrainingStage
+from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Prediction, TrainingStage
 from recon_core.models.layers import UNet, focal_loss, images_to_tensor, mean_pool_max
 
 VQ_FILE_FORMAT = "recon-dsr-vq"
@@ -429,6 +429,7 @@ class Dsr(AnomalyModel):
             "detector_depth": 4,
             "upsampler_width": 32,
             "score_pool": 21,
+            **GPU_SPEED,
         },
     }
 
