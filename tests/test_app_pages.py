@@ -89,8 +89,8 @@ def test_designer_preview_follows_sliders(workspace: Path) -> None:
 
     before = area()
     assert at.button(key="save_design").disabled  # nothing changed yet
-    at.slider(key="mask_threshold").set_value(0.8)
-    at.slider(key="opacity").set_value((0.6, 0.9))
+    at.slider(key="synth_threshold").set_value(0.8)
+    at.slider(key="synth_opacity").set_value((0.6, 0.9))
     at.run()
     assert not at.exception
     assert area() != before  # the preview was re-made with the new mask threshold
@@ -102,6 +102,54 @@ def test_designer_preview_follows_sliders(workspace: Path) -> None:
     (workspace / "demo" / "synth.json").write_text(
         json.dumps({**saved, "opacity_min": 0.2, "opacity_max": 1.0, "threshold": 0.5})
     )
+
+
+def test_designer_widgets_equal_the_synth_declaration() -> None:
+    """Each slider's range and each option list is SynthConfig's declared one (they used to disagree: mask threshold
+    0.05-0.95 on the page vs -1-0.99 in the engine, Perlin scale 0-6 vs 0-7)."""
+    from recon_core.knobs import knobs_of
+    from recon_core.synth import SynthConfig
+
+    at = run_page("2_designer.py")
+    seen = set()
+    for name, k in knobs_of(SynthConfig).items():
+        key = "synth_" + name.removesuffix("_min")
+        if k.widget == "none" or name in {"perlin_scale_max", "opacity_max"}:
+            continue
+        if k.kind is bool:
+            widget = at.checkbox(key=key)
+        elif k.choices:
+            widget = at.radio(key=key)
+            assert len(widget.options) == len(k.choices) and widget.value in k.choices  # options show labels
+        elif k.widget == "number":
+            widget = at.number_input(key=key)
+            assert (widget.min, widget.max) == (k.lo, k.hi)
+        else:
+            widget = at.slider(key=key)
+            assert (widget.min, widget.max) == (k.lo, k.hi), name
+        assert widget.help == k.help
+        seen.add(name)
+    assert len(seen) == 11  # every knob but texture_dir (drawn by the page) and the pairs' upper ends
+
+
+def test_designer_shows_and_switches_the_product_region() -> None:
+    at = run_page("2_designer.py")
+
+    def region() -> str:
+        return next(c.value for c in at.caption if c.value.startswith("Product region:"))
+
+    assert at.radio(key="synth_foreground").value == "auto"
+    assert region().startswith("Product region: auto")
+    at.radio(key="synth_foreground").set_value("on")
+    at.run()
+    assert not at.exception
+    assert region().startswith("Product region: on:")
+    at.radio(key="synth_foreground").set_value("off")
+    at.run()
+    assert region().startswith("Product region: off")
+    at.radio(key="synth_texture_source").set_value("self")
+    at.run()
+    assert not at.exception and not at.error
 
 
 def test_train_page_renders_and_switches_budget() -> None:
@@ -256,13 +304,13 @@ def test_empty_workspace_shows_guidance(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_designer_bad_texture_folder_is_an_error_not_a_crash() -> None:
     at = run_page("2_designer.py")
-    at.radio(key="texture_source").set_value("folder")
+    at.radio(key="synth_texture_source").set_value("folder")
     at.run()
     at.text_input(key="texture_dir").input("/nonexistent/textures")
     at.run()
     assert not at.exception
     assert any("No preview" in e.value for e in at.error)
-    assert at.slider(key="opacity")  # the knobs stay usable
+    assert at.slider(key="synth_opacity")  # the knobs stay usable
 
 
 def test_train_start_follows_the_new_job(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
