@@ -235,3 +235,25 @@ def test_cli_train_model_auto(mvtec, tmp_path, capsys):
     assert main(args) == 0
     assert json.loads((out / "candidates.json").read_text())["winner"] == "meanref"
     assert "run folder" in capsys.readouterr().out
+
+
+def test_cancel_then_resume_keeps_finished_candidates(mvtec, tmp_path):
+    from recon_core.errors import TrainingCancelled
+
+    run = tmp_path / "run"
+    spec = auto_spec(mvtec, ["blind"], ["meanref"], iterations=6)
+    stages: list[str] = []
+
+    def stop() -> bool:  # cancel once the second candidate is under way
+        return any(s.startswith("meanref") for s in stages)
+
+    with pytest.raises(TrainingCancelled):
+        execute_run(spec, run, progress=lambda p: stages.append(p.stage), should_stop=stop)
+    assert (run / "candidates" / "blind" / "model.pt").is_file() and not (run / "model.pt").exists()
+    first = (run / "candidates" / "blind" / "model.pt").stat().st_mtime_ns
+    stages.clear()
+    resumed: list[str] = []
+    execute_run(spec, run, progress=lambda p: resumed.append(p.stage), resume=True)
+    assert not any(s.startswith("blind") for s in resumed)  # the finished candidate is not trained again
+    assert (run / "candidates" / "blind" / "model.pt").stat().st_mtime_ns == first
+    assert json.loads((run / "candidates.json").read_text())["winner"] == "meanref"
