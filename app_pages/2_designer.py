@@ -9,6 +9,7 @@ import streamlit as st
 
 from app_pages._ui import guarded, knob_widgets, require_project
 from recon_core.errors import ReconError
+from recon_core.foreground import estimate_foreground
 from recon_core.images import load_images
 from recon_core.synth import SynthConfig, bundled_textures_dir, preview, preview_grid
 from recon_core.workspace import save_textures
@@ -23,7 +24,17 @@ def _goods(paths: tuple[str, ...], size: int) -> np.ndarray:
     return load_images(list(paths), size).images
 
 
-TEXTURE_LABELS = {"bundled": "shipped texture set", "folder": "a folder / uploaded textures", "noise": "random noise"}
+TEXTURE_LABELS = {
+    "bundled": "shipped texture set",
+    "folder": "a folder / uploaded textures",
+    "noise": "random noise",
+    "self": "patches of the product's own goods",
+}
+FOREGROUND_LABELS = {
+    "auto": "auto (decide from the goods)",
+    "on": "on the product only",
+    "off": "anywhere in the image",
+}
 
 
 def knobs(saved: SynthConfig, project) -> SynthConfig:
@@ -50,7 +61,12 @@ def knobs(saved: SynthConfig, project) -> SynthConfig:
             st.success(f"{len(report.kept)} texture(s) added to {project.textures_dir}")
             values["texture_dir"] = str(project.textures_dir)
 
-    values = knob_widgets(saved, KNOB_PREFIX, after=texture_folder, labels={"texture_source": TEXTURE_LABELS})
+    values = knob_widgets(
+        saved,
+        KNOB_PREFIX,
+        after=texture_folder,
+        labels={"texture_source": TEXTURE_LABELS, "foreground": FOREGROUND_LABELS},
+    )
     return SynthConfig(**values)
 
 
@@ -74,16 +90,19 @@ def body() -> None:
         images = _goods(tuple(str(p) for p in goods[:32]), PREVIEW_SIZE)
         try:  # an unusable knob combination (e.g. an empty texture folder) is shown here, the knobs stay usable
             shown = dataclasses.replace(config, seed=config.seed + 1000 * bump)
-            augmented, masks = preview(images, shown, n=PREVIEW_N)
+            fg = estimate_foreground(images, config.foreground)
+            augmented, masks = preview(images, shown, n=PREVIEW_N, foreground=fg)
         except ReconError as exc:
             st.error(f"No preview: {exc}")
             return
         st.image(
-            preview_grid(augmented, masks, columns=4),
-            caption="Synthetic defects (outlined in magenta)",
+            preview_grid(augmented, masks, columns=4, foregrounds=fg.masks(augmented) if fg.enabled else None),
+            caption="Synthetic defects (outlined in magenta)"
+            + ("; the product (outlined in cyan), background darkened" if fg.enabled else ""),
             width="stretch",
         )
         coverage = float(masks.mean()) * 100
+        st.caption(f"Product region: {fg.reason}")
         st.caption(f"Mean defect area: {coverage:.1f} % of the image")
         changed = config != saved
         if st.button("Save design to project", key="save_design", type="primary", disabled=not changed):

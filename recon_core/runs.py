@@ -249,6 +249,7 @@ def execute_run(
     from recon_core.leakage import digests
     from recon_core.memory import check_fits
     from recon_core.models import get_model_class
+    from recon_core.normalisation import calibrate as calibrate_normalisation
     from recon_core.seeding import seeded_model
     from recon_core.train import fit
 
@@ -336,6 +337,9 @@ def execute_run(
             loss_log_path=run_dir / "losses.csv",
         )
         model.synth_config = spec.synth
+        # scores relative to the goods' maps, if that helps on synthetic validation (training goods only)
+        model.normaliser, norm_figures = calibrate_normalisation(model, train_images, spec.synth)
+        log.info("map normalisation: %s (validation %s)", getattr(model.normaliser, "mode", "none"), norm_figures)
         facts = {"preset": preset, "iterations": summary.iterations}  # for the evaluation's under-training check
         loaded = bundle_mod.LoadedBundle(model, spec.synth, None, facts, None, str(run_dir / "model.pt"))
         eval_set = test
@@ -378,6 +382,8 @@ def execute_run(
             "n_train": len(train_images),
             "device": describe_device(device),
             "threshold": None if threshold is None else to_dict(threshold),
+            "normalisation": getattr(model.normaliser, "mode", "none"),
+            "normalisation_validation": norm_figures,
             "wall_seconds": round(time.time() - started, 2),
             "evaluation": "eval",
             "evaluated_on": evaluated_on(result.metrics),

@@ -129,7 +129,27 @@ def test_designer_widgets_equal_the_synth_declaration() -> None:
             assert (widget.min, widget.max) == (k.lo, k.hi), name
         assert widget.help == k.help
         seen.add(name)
-    assert len(seen) == 10  # every knob but texture_dir (drawn by the page) and the pairs' upper ends
+    assert len(seen) == 11  # every knob but texture_dir (drawn by the page) and the pairs' upper ends
+
+
+def test_designer_shows_and_switches_the_product_region() -> None:
+    at = run_page("2_designer.py")
+
+    def region() -> str:
+        return next(c.value for c in at.caption if c.value.startswith("Product region:"))
+
+    assert at.radio(key="synth_foreground").value == "auto"
+    assert region().startswith("Product region: auto")
+    at.radio(key="synth_foreground").set_value("on")
+    at.run()
+    assert not at.exception
+    assert region().startswith("Product region: on:")
+    at.radio(key="synth_foreground").set_value("off")
+    at.run()
+    assert region().startswith("Product region: off")
+    at.radio(key="synth_texture_source").set_value("self")
+    at.run()
+    assert not at.exception and not at.error
 
 
 def test_train_page_renders_and_switches_budget() -> None:
@@ -169,7 +189,10 @@ def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.Mo
     }
     try:
         with store._write() as c:
-            c.execute("UPDATE jobs SET state='succeeded', result=? WHERE id=?", (json.dumps({"auto": record}), job_id))
+            c.execute("UPDATE jobs SET state='succeeded' WHERE id=?", (job_id,))
+        run_dir = store.get(job_id).run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "candidates.json").write_text(json.dumps(record))
         at = run_page("3_train.py")
         at.selectbox(key="job_select").set_value(job_id)
         at.run()
