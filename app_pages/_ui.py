@@ -6,8 +6,10 @@ Pages stay thin: they read state from the workspace, call recon_core and draw. T
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,26 @@ from recon_core.errors import ReconError
 from recon_core.workspace import Project, list_projects, open_project, workspace_root
 
 STATE_FILE = "app_state.json"
+
+
+def _warm_imports() -> None:
+    """Import torch and the models once per server process, in the background. The Train page needs them (device
+    list, presets) and importing torch took 4-10 s on a busy machine: paid by whoever opened Train first. Started
+    when the first page loads (usually Project & data, which needs no torch), so Train finds them imported."""
+
+    def work() -> None:
+        with contextlib.suppress(Exception):  # a failure shows on the page that needs the module, not here
+            import recon_core.models
+            import recon_core.runs
+            from recon_core.device import available_devices
+
+            available_devices()
+            recon_core.models.model_names()
+
+    threading.Thread(target=work, name="recon-warm-imports", daemon=True).start()
+
+
+_warm_imports()  # module level: runs once per process (Python caches the module)
 
 
 def ws() -> Path:

@@ -154,6 +154,18 @@ def test_designer_shows_and_switches_the_product_region() -> None:
     assert not at.exception and not at.error
 
 
+def test_designer_outline_toggle_shows_the_defects_unhidden() -> None:
+    """Issue 13: the magenta outlines hid small defects in the preview tiles; they can be switched off."""
+    at = run_page("2_designer.py")
+    assert at.toggle(key="outline_defects").value is True
+    before = at.image[0].proto.imgs[0].url if hasattr(at.image[0], "proto") else None
+    at.toggle(key="outline_defects").set_value(False)
+    at.run()
+    assert not at.exception
+    if before is not None:
+        assert at.image[0].proto.imgs[0].url != before  # a different picture: the same tiles without outlines
+
+
 def test_train_page_renders_and_switches_budget() -> None:
     at = run_page("3_train.py")
     assert at.selectbox(key="train_model").options == ["DRAEM", "DSR", "AUTO"]
