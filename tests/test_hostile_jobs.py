@@ -21,7 +21,6 @@ import test_jobs
 from test_jobs import (
     CHECKPOINT_EVERY,
     REPO,
-    TINY,
     checkpoint_iteration,
     gone,
     make_spec,

@@ -107,8 +107,8 @@ _SHARE = (0.0, 1.0, "a share in [0, 1]")
 SETTING_BOUNDS: dict[str, Any] = {
     "image_size": _bound(8, 2048, "pixels per side"),
     "batch_size": _bound(1, 1024, "images per step"),
-    "lr": _bound(1e-8, 1.0, "learning rate"),  # a diverging lr inside the range: training's NaN check says so
-    "vq_lr": _bound(1e-8, 1.0, "learning rate"),
+XX
+    "vq_lr": _bound(0.0, 1.0, "learning rate"),
     "train_crop": _bound(0, 2048, "crop side (0 = off)"),
     "score_pool": _bound(0, 512, "pooling window"),
     "map_sigma": _bound(0.0, 64.0, "blur sigma"),
