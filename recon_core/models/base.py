@@ -107,7 +107,7 @@ _SHARE = (0.0, 1.0, "a share in [0, 1]")
 SETTING_BOUNDS: dict[str, Any] = {
     "image_size": _bound(8, 2048, "pixels per side"),
     "batch_size": _bound(1, 1024, "images per step"),
-XX
+    "lr": _bound(0.0, 1.0, "learning rate"),  # a diverging lr inside the range: the NaN check says so
     "vq_lr": _bound(0.0, 1.0, "learning rate"),
     "train_crop": _bound(0, 2048, "crop side (0 = off)"),
     "score_pool": _bound(0, 512, "pooling window"),
