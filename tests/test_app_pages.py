@@ -129,7 +129,7 @@ def test_designer_widgets_equal_the_synth_declaration() -> None:
             assert (widget.min, widget.max) == (k.lo, k.hi), name
         assert widget.help == k.help
         seen.add(name)
-    assert len(seen) == 11  # every knob but texture_dir (drawn by the page) and the pairs' upper ends
+    assert len(seen) == 12  # every knob but texture_dir (drawn by the page) and the pairs' upper ends
 
 
 def test_designer_shows_and_switches_the_product_region() -> None:
