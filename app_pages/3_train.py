@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages._ui import guarded, recall, remember, require_project, run_label, store
-from recon_core.auto import AUTO, AutoConfig, auto_presets, describe_plan
+from recon_core.auto import AUTO, CANDIDATES_FILE, AutoConfig, auto_presets, describe_plan
+from recon_core.config import load_json
 from recon_core.device import available_devices
 from recon_core.models import get_model_class, model_names
 from recon_core.runs import RunSpec
@@ -197,8 +198,8 @@ def job_panel(project_name: str) -> None:
     fig = loss_chart(store().progress_rows(job.id))
     if fig is not None:
         st.plotly_chart(fig, key=f"loss_{job.id}")
-    if job.result and job.result.get("auto"):
-        auto_choice(job.result["auto"])
+    if job.state == "succeeded" and (job.run_dir / CANDIDATES_FILE).is_file():
+        auto_choice(load_json(job.run_dir / CANDIDATES_FILE))
     if job.result:
         with st.expander("Result (metrics)"):
             st.json(job.result)

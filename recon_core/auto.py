@@ -208,13 +208,14 @@ def _auroc(metrics: Any, labels: np.ndarray, scores: np.ndarray) -> float | None
 
 
 def score_candidate(model: Any, probes: Any, real: dict[str, Any] | None) -> dict[str, Any]:
-    """Validation signals of one trained model: probe defects on held-out goods, and real defects if any."""
+    """Validation signals of one trained model (scored as its bundle scores, map normalisation included): probe
+    defects on held-out goods, and real defects if any."""
     from recon_core import metrics
 
     size = probes.images.shape[1]
     batch = int(getattr(model.config, "batch_size", 8))
     model.train_mode(False)
-    pred = model.predict(_resize_images(probes.images, model.config.image_size), batch_size=batch)
+    pred = model.score(_resize_images(probes.images, model.config.image_size), batch_size=batch)
     scores = np.asarray(pred.image_scores, np.float64)
     maps = _resize_maps(np.asarray(pred.maps), size)
     goods = probes.labels == 0
@@ -232,7 +233,7 @@ def score_candidate(model: Any, probes: Any, real: dict[str, Any] | None) -> dic
         "held_out_good_scores": [round(float(s), 6) for s in scores[goods]],
     }
     if real is not None:
-        rp = model.predict(_resize_images(real["images"], model.config.image_size), batch_size=batch)
+        rp = model.score(_resize_images(real["images"], model.config.image_size), batch_size=batch)
         r_scores = np.concatenate([scores[goods], np.asarray(rp.image_scores, np.float64)])
         r_labels = np.concatenate([np.zeros(int(goods.sum()), int), np.ones(len(real["images"]), int)])
         image = _auroc(metrics, r_labels, r_scores)
@@ -352,13 +353,11 @@ class _Split:
     regions: np.ndarray | None = None  # where on the held-out goods the product is (probe defects go there)
 
 
-def product_regions(synth: Any, goods: np.ndarray, held: np.ndarray) -> np.ndarray | None:
+def product_regions(synth: Any, goods: np.ndarray, held: np.ndarray) -> np.ndarray:
     """The foreground estimate the training defects use (synth.foreground), on the held-out goods."""
-    try:
-        from recon_core.foreground import estimate_foreground
-    except ImportError:  # no foreground estimate in this version: probes go anywhere
-        return None
-    return estimate_foreground(goods, getattr(synth, "foreground", "auto")).masks(held)
+    from recon_core.foreground import estimate_foreground
+
+    return estimate_foreground(goods, synth.foreground).masks(held)
 
 
 def _split(spec: Any, cfg: AutoConfig, data_path: Path, size: int, trains: bool) -> _Split:

@@ -189,7 +189,10 @@ def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.Mo
     }
     try:
         with store._write() as c:
-            c.execute("UPDATE jobs SET state='succeeded', result=? WHERE id=?", (json.dumps({"auto": record}), job_id))
+            c.execute("UPDATE jobs SET state='succeeded' WHERE id=?", (job_id,))
+        run_dir = store.get(job_id).run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "candidates.json").write_text(json.dumps(record))
         at = run_page("3_train.py")
         at.selectbox(key="job_select").set_value(job_id)
         at.run()

@@ -55,6 +55,7 @@ class MeanModel(TinyModel):
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
+        images = auto._resize_images(images, self.config.image_size)  # real models resize too (bench: 256 px)
         maps = np.abs(images - self.mean.numpy()[None]).mean(axis=-1)
         return Prediction(maps.reshape(len(images), -1).max(axis=1), maps.astype(np.float32))
 
@@ -235,3 +236,47 @@ def test_cli_train_model_auto(mvtec, tmp_path, capsys):
     assert main(args) == 0
     assert json.loads((out / "candidates.json").read_text())["winner"] == "meanref"
     assert "run folder" in capsys.readouterr().out
+
+
+def test_cancel_then_resume_keeps_finished_candidates(mvtec, tmp_path):
+    from recon_core.errors import TrainingCancelled
+
+    run = tmp_path / "run"
+    spec = auto_spec(mvtec, ["blind"], ["meanref"], iterations=6)
+    stages: list[str] = []
+
+    def stop() -> bool:  # cancel once the second candidate is under way
+        return any(s.startswith("meanref") for s in stages)
+
+    with pytest.raises(TrainingCancelled):
+        execute_run(spec, run, progress=lambda p: stages.append(p.stage), should_stop=stop)
+    assert (run / "candidates" / "blind" / "model.pt").is_file() and not (run / "model.pt").exists()
+    first = (run / "candidates" / "blind" / "model.pt").stat().st_mtime_ns
+    stages.clear()
+    resumed: list[str] = []
+    execute_run(spec, run, progress=lambda p: resumed.append(p.stage), resume=True)
+    assert not any(s.startswith("blind") for s in resumed)  # the finished candidate is not trained again
+    assert (run / "candidates" / "blind" / "model.pt").stat().st_mtime_ns == first
+    assert json.loads((run / "candidates.json").read_text())["winner"] == "meanref"
+
+
+def test_bench_models_auto(mvtec, tmp_path):
+    from recon_core.bench import BenchConfig, run_bench
+
+    overrides = {"quick": ["blind"], "deep": ["meanref"], "quick_iterations": 2}
+    cfg = BenchConfig(
+        models=["auto"],
+        categories=[str(mvtec)],
+        shots=[None],
+        seeds=[0],
+        iterations=2,
+        model_overrides=overrides,
+        out_dir=str(tmp_path / "out"),
+        infer_repeats=1,
+        keep_runs=str(tmp_path / "runs"),
+    )
+    rows = run_bench(cfg)
+    assert not rows[0].get("error"), rows[0].get("error")
+    assert rows[0]["model"] == "auto" and rows[0]["image_auroc"] is not None
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("auto-*/candidates.json")]
+    assert record["winner"] == "meanref"
