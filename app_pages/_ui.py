@@ -246,3 +246,73 @@ def score_histogram(labels: np.ndarray, scores: np.ndarray, thr: Any = None, bin
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
     )
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Widgets generated from a config's declared knobs (recon_core.knobs): the range, default and help are the
+# declaration's, so a slider cannot disagree with the CLI or the validation.
+
+
+def knob_key(prefix: str, name: str) -> str:
+    """Widget key of a knob; a min/max pair is one range widget keyed by its name without "_min"."""
+    return prefix + name.removesuffix("_min")
+
+
+def knob_widget(name: str, k: Any, value: Any, key: str, upper_value: Any = None, labels: Any = None) -> Any:
+    """One widget for one knob: checkbox (bool), radio (choices), number box, or slider (a range slider when the
+    knob is the lower end of a pair). Returns the value, or (lo, hi) for a pair."""
+    if k.kind is bool:
+        return st.checkbox(k.text, bool(value), key=key, help=k.help)
+    if k.choices:
+        return st.radio(
+            k.text,
+            list(k.choices),
+            index=list(k.choices).index(value) if value in k.choices else 0,
+            format_func=(labels or {}).get if labels else str,
+            key=key,
+            horizontal=True,
+            help=k.help,
+        )
+    cast = int if k.kind is int else float
+    lo, hi = cast(k.lo), cast(k.hi)
+
+    def clamp(v: Any) -> Any:
+        return min(max(cast(v), lo), hi)
+
+    if k.widget == "number":
+        return st.number_input(k.text, lo, hi, clamp(value), key=key, help=k.help)
+    step = 1 if cast is int else float(k.step or (hi - lo) / 100)
+    current = (clamp(value), clamp(upper_value)) if k.upper else clamp(value)
+    return st.slider(k.text, lo, hi, current, step, key=key, help=k.help)
+
+
+def knob_widgets(
+    saved: Any, prefix: str, after: Callable[[str, dict[str, Any]], None] | None = None, labels: Any = None
+) -> dict[str, Any]:
+    """Widgets for every declared knob of the dataclass instance `saved`, in sections by the knobs' group.
+    Knobs with widget="none" keep their saved value (the page may draw them in `after(name, values)`, which runs
+    after each widget). Returns {field name: value}."""
+    from recon_core.knobs import knobs_of
+
+    declared = knobs_of(saved)
+    values = {name: getattr(saved, name) for name in declared}
+    uppers = {k.upper for k in declared.values() if k.upper}
+    groups: dict[str | None, list[str]] = {}
+    for name, k in declared.items():
+        if k.widget != "none" and name not in uppers:
+            groups.setdefault(k.group, []).append(name)
+    for group, names in groups.items():
+        if group:
+            st.markdown(f"**{group}**")
+        for name in names:
+            k = declared[name]
+            got = knob_widget(
+                name, k, values[name], knob_key(prefix, name), values.get(k.upper or ""), (labels or {}).get(name)
+            )
+            if k.upper:
+                values[name], values[k.upper] = got
+            else:
+                values[name] = got
+            if after:
+                after(name, values)
+    return values

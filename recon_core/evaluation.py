@@ -68,7 +68,7 @@ def synthetic_test_set(goods: np.ndarray, paths: list[str], synth_config: Any, i
     parts, masks, types, names = [], [], [], []
     for label, (lo, hi), idx in groups:
         cfg = dataclasses.replace(base, opacity_min=lo, opacity_max=hi, rotate_good_probability=0.0)
-        aug, m, _ = DefectGenerator(cfg, image_size).augment(goods[idx], rng, force_defect=True)
+        aug, m, _ = DefectGenerator(cfg, image_size, goods=goods).augment(goods[idx], rng, force_defect=True)
         parts.append(aug)
         masks.append(m)
         types += [f"synthetic-{label}"] * len(idx)
@@ -151,7 +151,7 @@ def evaluate_bundle(
     if test.images.shape[1:3] != (size, size):
         raise DataError(f"evaluation: test images are {test.images.shape[1:3]}, the model expects {size}x{size}")
     model.train_mode(False)
-    pred = model.predict(test.images, batch_size=int(getattr(model.config, "batch_size", 8)))
+    pred = model.score(test.images, batch_size=int(getattr(model.config, "batch_size", 8)))
     scores = np.asarray(pred.image_scores, dtype=np.float64)
     maps = np.asarray(pred.maps, dtype=np.float32)
     labels = np.asarray(test.labels, dtype=int)

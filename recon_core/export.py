@@ -66,7 +66,7 @@ def export_onnx(bundle_path: Any, out_path: str | Path, *, check: bool = True, b
     model = loaded.model
     model.to("cpu")
     model.train_mode(False)
-    module = model.onnx_module().eval()  # ConfigError if the model cannot export
+    module = model.scoring_module().eval()  # with the map normalisation; ConfigError if the model cannot export
     size = int(model.config.image_size)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -105,29 +105,62 @@ class _Bar:
 # train
 
 
+SPEC_FROM_OPTIONS_SKIP = ("data", "model_overrides", "synth")  # built from PATH, --set and --synth-config
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The run-spec options, declared once for `train` and `jobs submit` (defaults: RunSpec's, when not given)."""
+    p.add_argument(
+        "--model",
+        default=None,
+        help="draem, dsr, autoencoder, ganomaly, aae, auto (trains several, keeps the best); default draem",
+    )
+    p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
+    p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--iterations", type=int, default=None, help="training iterations (default: the preset's suggested budget)"
+    )
+    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget in minutes")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument(
+        "--synth-config",
+        "--synth",  # the old `jobs submit` spelling, kept as an alias
+        dest="synth_config",
+        default=None,
+        metavar="JSON",
+        help="defect design (SynthConfig): a JSON file or inline JSON; --synth is an alias",
+    )
+    p.add_argument("--init-from", default=None, metavar="BUNDLE", help="warm start from a model.pt of the same model")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints (default 50)")
+    p.add_argument("--labelled-defects", type=int, default=None, help="real defect images to train with (some models)")
+    p.add_argument("--name", default=None, help="a label for the run")
+
+
 def build_spec(args: argparse.Namespace) -> Any:
+    """A RunSpec from the options of add_run_options + PATH (the one builder for `train` and `jobs submit`);
+    validated strictly by from_dict: unknown settings and wrong types are errors."""
+    import dataclasses
+
+    from recon_core.config import from_dict, to_dict
     from recon_core.runs import RunSpec
 
-    if args.path is None:
+    if getattr(args, "path", None) is None:
         raise ConfigError("train: give the training data PATH (or --resume with --out of an existing run)")
-    values: dict[str, Any] = {
-        "data": args.path,
-        "model": args.model,
-        "preset": args.preset,
-        "model_overrides": parse_overrides(args.set),
-        "shots": args.shots,
-        "synth": _synth_from_arg(args.synth_config),
-        "iterations": args.iterations,
-        "minutes": args.minutes,
-        "device": args.device,
-        "seed": args.seed,
-        "init_from": args.init_from,
-        "checkpoint_every": args.checkpoint_every,
-        "name": args.name,
-        "labelled_defects": args.labelled_defects,
-    }
-    spec = RunSpec(**values)
-    return RunSpec.from_dict(spec.to_dict())  # strict validation of every field
+    path = Path(args.path).expanduser()
+    # an existing folder is stored absolute (a worker or a resume may run elsewhere); a category name stays as given
+    values: dict[str, Any] = {"data": str(path.resolve()) if path.exists() else args.path}
+    for f in dataclasses.fields(RunSpec):
+        given = getattr(args, f.name, None)
+        if f.name not in SPEC_FROM_OPTIONS_SKIP and given is not None:
+            values[f.name] = given
+    if args.set:
+        values["model_overrides"] = parse_overrides(args.set)
+    if args.synth_config:
+        values["synth"] = to_dict(_synth_from_arg(args.synth_config))
+    return from_dict(RunSpec, values, where="run spec")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -348,21 +381,8 @@ def threshold(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model in the foreground (a run folder with model.pt)")
     p.add_argument("path", nargs="?", help="training data: MVTec-layout folder, folder of good images, or a category")
-    p.add_argument("--model", default="draem", help="draem, dsr, autoencoder, ganomaly, aae (default draem)")
-    p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
-    p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--iterations", type=int, default=None, help="training iterations")
-    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget in minutes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_options(p)
     p.add_argument("--out", default=None, help=f"run folder (default {DEFAULT_RUNS_DIR}/<model>-<time>)")
-    p.add_argument("--synth-config", default=None, metavar="JSON", help="defect design: a JSON file or inline JSON")
-    p.add_argument("--init-from", default=None, metavar="BUNDLE", help="warm start from a model.pt of the same model")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (default 50)")
-    p.add_argument("--labelled-defects", type=int, default=0, help="real defect images to train with (some models)")
-    p.add_argument("--name", default=None, help="a label for the run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=train)
