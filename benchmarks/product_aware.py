@@ -177,12 +177,15 @@ def main() -> None:
         "normalisation_validation": norm_figures,
         **score_sets(model, validation_sets(held)),
     }
-    if args.test_sanity:
-        row.update(test_split(model, root))
     print(json.dumps(row))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as fh:
         fh.write(json.dumps(row) + "\n")
+    if args.test_sanity:  # kept apart, so choices are made on the validation file without seeing these
+        keys = ("data", "preset", "texture_source", "foreground", "seed", "iterations", "normalisation")
+        sanity = {**{k: row[k] for k in keys}, **test_split(model, root)}
+        with open(Path(args.out).with_suffix(".test.jsonl"), "a") as fh:
+            fh.write(json.dumps(sanity) + "\n")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,15 @@ class SynthConfig:
         group="Training mix",
     )
     seed: int = knob(0, "random seed", lo=0, hi=MAX_SEED, widget="number", label="Seed", group="Training mix")
+    thin_probability: float = knob(
+        0.0,
+        "share of defects drawn as thin scratches/cracks (1-3 px wide at 256 px) instead of Perlin blobs",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        label="Thin defects (scratches): share",
+        group="Defect shape (Perlin noise)",
+    )
     foreground: str = knob(
         "auto",
         "where defects go: auto (a product on a plain background gets defects only on itself, textures anywhere; "
@@ -341,6 +350,41 @@ def _noise_pool(size: int, seed: int) -> np.ndarray:
     return pool
 
 
+def scratch_mask(
+    rng: np.random.Generator, height: int, width: int, allowed: np.ndarray | None = None
+) -> np.ndarray | None:
+    """A thin-defect mask (float32 (H, W) {0, 1}): 1-3 wandering polylines, 1-3 px wide at 256 px (scaled), starting
+    inside `allowed` and clipped to it. None when nothing is left (the caller falls back to a Perlin blob)."""
+    side = min(height, width)
+    if allowed is not None:
+        ys, xs = np.nonzero(allowed)
+        if not len(ys):
+            return None
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        if allowed is not None:
+            k = int(rng.integers(len(ys)))
+            points = [(float(xs[k]), float(ys[k]))]
+        else:
+            points = [(rng.uniform(0, width - 1), rng.uniform(0, height - 1))]
+        angle = rng.uniform(0, 2 * math.pi)
+        for _ in range(int(rng.integers(2, 6))):
+            angle += rng.normal(0, 0.5)
+            step = rng.uniform(0.04, 0.15) * side
+            x, y = points[-1]
+            points.append(
+                (
+                    min(max(x + step * math.cos(angle), 0), width - 1),
+                    min(max(y + step * math.sin(angle), 0), height - 1),
+                )
+            )
+        thickness = max(1, round(int(rng.integers(1, 4)) * side / 256))
+        cv2.polylines(mask, [np.array(points, np.int32)], False, 1, thickness)
+    if allowed is not None:
+        mask &= allowed.astype(np.uint8)
+    return mask.astype(np.float32) if mask.any() else None
+
+
 def _patch(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random square patch of a good image, flipped / turned at random, stretched back to the image size: the
     product's own material, out of place (texture_source "self")."""
@@ -502,7 +546,11 @@ class DefectGenerator:
             if not (force_defect or rng.random() < cfg.defect_probability):
                 continue
             allowed = self.foreground.mask(out[i]) if self.foreground.enabled else None
-            mask = self._one_mask(rng, height, width, allowed)
+            mask = None
+            if cfg.thin_probability > 0 and rng.random() < cfg.thin_probability:
+                mask = scratch_mask(rng, height, width, allowed)
+            if mask is None:
+                mask = self._one_mask(rng, height, width, allowed)
             tex = self._texture(rng, height, width).astype(np.float32)
             tex *= np.float32(1 / 255)
             opacity = np.float32(rng.uniform(cfg.opacity_min, cfg.opacity_max))

@@ -230,7 +230,7 @@ def test_re_evaluation_on_real_defects_updates_every_summary(tmp_path):
     with zipfile.ZipFile(tmp_path / "x.zip") as zf:
         readme = zf.read("README.txt").decode()
         exported = json.loads(zf.read("metrics.json"))
-    assert "On real defects: 4 good / 4 defect images" in readme and "Synthetic defects only" not in readme
+    assert "Evaluated on real defects: 4 good / 4 defect images" in readme and "Synthetic defects only" not in readme
     assert exported["synthetic"] is False and exported["evaluated_on"] == summary["evaluated_on"]
 
 

@@ -149,3 +149,21 @@ def test_auto_decision_on_the_shared_categories(shared_data):
         if on:
             share = fg.masks(goods).mean()
             assert 0.1 < share < 0.9, f"{category}: product covers {share:.0%}"
+
+
+def test_thin_defects_are_thin_and_on_the_product():
+    import cv2
+
+    goods, _ = objects(8)
+    cfg = SynthConfig(texture_source="noise", thin_probability=1.0, opacity_min=1.0, opacity_max=1.0)
+    gen = DefectGenerator(cfg, SIZE, goods=goods)
+    _, masks, has = gen.augment(goods, np.random.default_rng(5), force_defect=True)
+    assert has.all()
+    for img, m in zip(goods, masks, strict=True):
+        assert m.any() and not (m.astype(bool) & ~gen.foreground.mask(img)).any()
+        core = cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8))
+        assert core.sum() <= 0.2 * m.sum()  # 1 px lines at 64 px: nothing survives a 3x3 erosion
+    blobs = DefectGenerator(SynthConfig(texture_source="noise", perlin_scale_max=2), SIZE, goods=goods)
+    _, blob_masks, _ = blobs.augment(goods, np.random.default_rng(5), force_defect=True)
+    eroded = sum(cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8)).sum() for m in blob_masks)
+    assert eroded > 0.3 * blob_masks.sum()  # Perlin blobs are not (guards the assertion above)
