@@ -100,6 +100,10 @@ def test_engine_compares_content_not_paths(tmp_path):
     small = execute_run(spec(few), tmp_path / "small")
     assert small.metrics["evaluation_goods_seen_in_training"] is True
     assert any("this run trained on" in w for w in small.metrics["warnings"])
+    default = load_bundle(tmp_path / "small" / "model.pt", "cpu").threshold  # and its threshold says so
+    assert (
+        "good images the run did not train on (these goods were its training images)" in default.params["provisional"]
+    )
 
 
 def test_data_check_reports_duplicates_as_problems(tmp_path, capsys):
