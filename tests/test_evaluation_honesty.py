@@ -121,6 +121,21 @@ def test_import_warns_about_identical_files(tmp_path):
     assert any(n.startswith("identical files: ") and "a.png" in n and "b.png" in n for n in report.notes)
 
 
+def test_an_evaluation_saved_before_the_check_says_so(tmp_path):
+    from recon_core.evaluation import LEGACY_WARNING, current_evaluation
+
+    run = tmp_path / "run"
+    execute_run(spec(make_mvtec(tmp_path / "data")), run)
+    for name in ("eval.json", "metrics.json"):  # as an older version wrote them
+        data = json.loads((run / name).read_text())
+        target = data["metrics"] if name == "eval.json" else data
+        for key in ("excluded_training_images", "evaluation_goods_seen_in_training", "warnings"):
+            target.pop(key, None)
+        (run / name).write_text(json.dumps(data))
+    assert evaluation_summary(run)["warnings"] == [LEGACY_WARNING]
+    assert current_evaluation(run)[0].metrics["warnings"] == [LEGACY_WARNING]
+
+
 # ---- 2. default threshold ---------------------------------------------------------------------------------
 
 
