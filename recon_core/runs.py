@@ -215,7 +215,8 @@ def _default_threshold(result: Any) -> Any:
     from recon_core.metrics import default_threshold
 
     try:
-        return default_threshold(result.labels, result.scores, bool(result.synthetic))
+        seen = bool(result.metrics.get("evaluation_goods_seen_in_training"))
+        return default_threshold(result.labels, result.scores, bool(result.synthetic), seen)
     except ReconError:
         return None
 

@@ -360,7 +360,8 @@ def compute_threshold(result: Any, method: str, value: float | None, review_belo
         thr = m.threshold_manual(value)
     else:
         raise ConfigError(f"unknown threshold method {method!r}: f1, fpr, quantile or manual")
-    thr = m.annotate(thr, result.labels, result.synthetic)  # counts, synthetic or real, provisional
+    seen = bool(result.metrics.get("evaluation_goods_seen_in_training"))
+    thr = m.annotate(thr, result.labels, result.synthetic, seen)  # counts, synthetic or real, provisional
     return thr.with_review(review_below) if review_below is not None else thr
 
 
