@@ -17,6 +17,12 @@ States::
     queued -> running -> succeeded | failed | cancelled | interrupted
     queued -> cancelled                         (cancel before it started)
     failed | cancelled | interrupted -> queued  (resume: continues from the last checkpoint)
+    running -> queued                           (a background job, e.g. the demo, pausing for a user's job)
+
+Priorities: `submit(..., priority="background")` jobs are claimed after normal ones and, while running, are asked to
+pause when a normal job waits for their device (stop at a checkpoint, back to the queue, resume later). A queued
+job's `waiting_for` says what it waits for; `Job.progress_text()` is the one progress line for the CLI and the app.
+A damaged jobs.sqlite is moved aside on open and the job list rebuilt from the run folders (`repair`).
 
 `interrupted` = the worker vanished without reporting (SIGKILL, crash, machine restart, app restart that killed it);
 `reconcile()` finds those from the pid (guarded against pid reuse by the process create time) and the heartbeat.
