@@ -96,6 +96,7 @@ class Draem(AnomalyModel):
         "Strong on objects and textures; gives pixel-accurate maps."
     )
     default_preset: ClassVar[str] = "cpu"
+    supports_grad_scaling: ClassVar[bool] = True
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # The published configuration: 256 px, w = 128 / 64 (~97M parameters), Adam 1e-4, batch 8; the paper
         # trains 700 epochs of 200-400 images, i.e. ~20k iterations (see preset_budgets). GPU only.
@@ -161,7 +162,7 @@ class Draem(AnomalyModel):
     def stages(self) -> list[TrainingStage]:
         if self.optimizer is None:
             raise ConfigError("draem: call setup_training before stages()")
-        return [TrainingStage("draem", 1.0, self._step, [self.optimizer])]
+        return [TrainingStage("draem", 1.0, self._step, [self.optimizer], synth=DraemSynth(self.generator))]
 
     def losses(self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         """DRAEM's loss on one batch: L2 + (1 - SSIM) of the reconstruction vs the clean image, focal loss of
@@ -181,22 +182,23 @@ class Draem(AnomalyModel):
         return out
 
     def synthesize(self, images: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean (B, 3, H, W) batch -> (augmented batch, masks (B, H, W)) on the model's device."""
+        """Clean (B, 3, H, W) batch -> (augmented batch, masks (B, H, W)) on the model's device. Off the training
+        path: train.fit has DraemSynth make these in its data workers, from the CPU copy of the batch."""
         if self.generator is None:
             raise ConfigError("draem: call setup_training before training steps")
-        batch = images.detach().permute(0, 2, 3, 1).float().cpu().numpy()
-        aug, masks, _ = self.generator.augment(batch, rng)
-        aug_t = torch.from_numpy(aug).permute(0, 3, 1, 2)
-        return self._format(aug_t), torch.from_numpy(masks).to(self.device)
+        made = DraemSynth(self.generator)(images.detach().permute(0, 2, 3, 1).float().cpu().numpy(), rng)
+        return self._format(torch.from_numpy(made["augmented"])), torch.from_numpy(made["masks"]).to(self.device)
 
-    def _step(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+    def _step(self, batch: dict[str, torch.Tensor] | torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+        """One step on a prepared batch {"images", "augmented", "masks"} (train.fit) or a clean image tensor."""
         assert self.optimizer is not None
         self.nets.train()
-        augmented, masks = self.synthesize(images, rng)
+        if isinstance(batch, torch.Tensor):
+            images, (augmented, masks) = batch, self.synthesize(batch, rng)
+        else:
+            images, augmented, masks = batch["images"], self._format(batch["augmented"]), batch["masks"]
         losses = self.losses(self._format(images), augmented, masks)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        self.optimizer.step()
+        self.optimizer_step(losses["total"], self.optimizer)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     # ---- inference ---------------------------------------------------------------------------------------
@@ -265,6 +267,17 @@ class Draem(AnomalyModel):
         return _DraemScorer(self)
 
 
+class DraemSynth:
+    """DRAEM's training batch synthesis, run by the data workers (picklable: the generator only)."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        aug, masks, _ = self.generator.augment(images, rng)
+        return {"augmented": np.ascontiguousarray(aug.transpose(0, 3, 1, 2)), "masks": masks}
+
+
 class _DraemScorer(nn.Module):
     def __init__(self, model: Draem) -> None:
         super().__init__()
@@ -277,4 +290,4 @@ class _DraemScorer(nn.Module):
         return mean_pool_max(maps, self.pool), maps
 
 
-__all__ = ["Draem", "DraemConfig", "DraemNets"]
+__all__ = ["Draem", "DraemConfig", "DraemNets", "DraemSynth"]
