@@ -322,6 +322,13 @@ def _validate_spec(spec_dict: dict[str, Any]) -> None:
     from recon_core.runs import RunSpec, budget_for
 
     spec = from_dict(RunSpec, spec_dict, where="run spec")
+    if spec.model == "auto":  # a strategy over several models, checked by its own module
+        from recon_core.auto import candidate_configs, validate_auto_spec
+
+        validate_auto_spec(spec)
+        for name, config in candidate_configs(spec).items():
+            _check_memory(dataclasses.replace(spec, model=name), config)
+        return
     cls = get_model_class(spec.model)
     preset = spec.preset or cls.default_preset
     config = cls.config_from_preset(preset, **spec.model_overrides)

@@ -114,6 +114,7 @@ class AnomalyModel(ABC):
         self.device = torch.device(device)
         self.synth_config: Any = None  # the SynthConfig used for training, set by setup_training
         self.grad_scaler: torch.amp.GradScaler | None = None  # set by train.fit for fp16 training
+        self.normaliser: Any = None  # normalisation.MapNormaliser fitted after training, or None (raw scores)
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -164,6 +165,19 @@ class AnomalyModel(ABC):
     @abstractmethod
     def predict(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
         """Score (N, H, W, 3) float32 images in [0, 1] at config.image_size."""
+
+    def score(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
+        """What every caller scores with: `predict`, then the map normalisation chosen after training (if any)."""
+        pred = self.predict(images, batch_size=batch_size)
+        if self.normaliser is None:
+            return pred
+        scores, maps = self.normaliser.apply(pred.maps)
+        return Prediction(image_scores=scores, maps=maps)
+
+    def scoring_module(self) -> nn.Module:
+        """`onnx_module` with the map normalisation inside the graph: what the ONNX export contains."""
+        module = self.onnx_module()
+        return module if self.normaliser is None else self.normaliser.wrap(module)
 
     def onnx_module(self) -> nn.Module:
         """Optional, for ONNX export: the scoring path as one nn.Module in eval mode taking (B, 3, H, W) float in

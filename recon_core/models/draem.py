@@ -56,6 +56,8 @@ class DraemConfig(ModelConfig):
     sspcab_weight: float = 0.1
     focal_gamma: float = 2.0
     score_pool: int = 21  # average-pool window for the image score, in pixels at 256 px (scaled); <= 1: max
+    train_crop: int = 0  # > 0: train on random crops of this side (scoring stays on the whole image, the nets are
+    # fully convolutional): high resolution for thin defects at the cost per iteration of the crop size
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -69,6 +71,8 @@ class DraemConfig(ModelConfig):
             raise ConfigError(f"draem.image_size: must be at least 8, got {self.image_size}")
         if not self.lr > 0:
             raise ConfigError(f"draem.lr: must be positive, got {self.lr}")
+        if self.train_crop < 0 or self.train_crop > self.image_size or 0 < self.train_crop < 16:
+            raise ConfigError(f"draem.train_crop: 0 (off) or 16..image_size, got {self.train_crop}")
         if self.focal_gamma < 0 or self.sspcab_weight < 0:
             raise ConfigError("draem.focal_gamma and draem.sspcab_weight must not be negative")
 
@@ -111,6 +115,17 @@ class Draem(AnomalyModel):
         # 2-core CPU, quicker: discriminative width 8 (~0.8 GMAC/image in all instead of ~1.25); not validated
         # separately for accuracy
         "cpu-fast": {"image_size": 128, "recon_width": 16, "disc_width": 8, "lr": 5e-4, "batch_size": 8},
+        # 2-core CPU, thin defects (cracks, scratches a few pixels wide vanish at 128 px): 256 px, trained on random
+        # 128 px crops so an iteration costs what a `cpu` one does; scoring runs on the whole 256 px image
+        # (notes/product_aware.md)
+        "cpu-hires": {
+            "image_size": 256,
+            "train_crop": 128,
+            "recon_width": 16,
+            "disc_width": 16,
+            "lr": 5e-4,
+            "batch_size": 8,
+        },
     }
     # suggested budgets per preset (the run's budget is set by the caller; these are what the presets were
     # chosen for)
@@ -119,6 +134,7 @@ class Draem(AnomalyModel):
         "gpu": {"iterations": 8000},
         "cpu": {"minutes": 10},
         "cpu-fast": {"minutes": 3},
+        "cpu-hires": {"minutes": 10},
     }
 
     def __init__(self, config: ModelConfig, device: torch.device | str = "cpu") -> None:
@@ -155,14 +171,15 @@ class Draem(AnomalyModel):
         from recon_core.synth import DefectGenerator, SynthConfig
 
         self.synth_config = synth_config if synth_config is not None else SynthConfig()
-        self.generator = DefectGenerator(self.synth_config, self.cfg.image_size)
+        self.generator = DefectGenerator(self.synth_config, self.cfg.image_size, goods=train_images)
         # one Adam over both networks, as in the official code (the lr drops are applied by train.fit)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.cfg.lr)
 
     def stages(self) -> list[TrainingStage]:
         if self.optimizer is None:
             raise ConfigError("draem: call setup_training before stages()")
-        return [TrainingStage("draem", 1.0, self._step, [self.optimizer], synth=DraemSynth(self.generator))]
+        synth = DraemSynth(self.generator, self.cfg.train_crop)
+        return [TrainingStage("draem", 1.0, self._step, [self.optimizer], synth=synth)]
 
     def losses(self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         """DRAEM's loss on one batch: L2 + (1 - SSIM) of the reconstruction vs the clean image, focal loss of
@@ -189,12 +206,22 @@ class Draem(AnomalyModel):
         made = DraemSynth(self.generator)(images.detach().permute(0, 2, 3, 1).float().cpu().numpy(), rng)
         return self._format(torch.from_numpy(made["augmented"])), torch.from_numpy(made["masks"]).to(self.device)
 
+    def _crop(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """A random train_crop x train_crop window of each image (train_crop 0: the images unchanged)."""
+        corners = crop_corners(len(images), images.shape[-1], self.cfg.train_crop, rng)
+        if corners is None:
+            return images
+        side = self.cfg.train_crop
+        return torch.stack([img[:, y : y + side, x : x + side] for img, (y, x) in zip(images, corners, strict=True)])
+
     def _step(self, batch: dict[str, torch.Tensor] | torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
-        """One step on a prepared batch {"images", "augmented", "masks"} (train.fit) or a clean image tensor."""
+        """One step on a prepared batch {"images", "augmented", "masks"} (train.fit's DraemSynth, crops included)
+        or on a clean image tensor (cropped and synthesised here)."""
         assert self.optimizer is not None
         self.nets.train()
         if isinstance(batch, torch.Tensor):
-            images, (augmented, masks) = batch, self.synthesize(batch, rng)
+            images = self._crop(batch, rng)
+            augmented, masks = self.synthesize(images, rng)
         else:
             images, augmented, masks = batch["images"], self._format(batch["augmented"]), batch["masks"]
         losses = self.losses(self._format(images), augmented, masks)
@@ -267,15 +294,32 @@ class Draem(AnomalyModel):
         return _DraemScorer(self)
 
 
-class DraemSynth:
-    """DRAEM's training batch synthesis, run by the data workers (picklable: the generator only)."""
+def crop_corners(n: int, full: int, side: int, rng: np.random.Generator) -> np.ndarray | None:
+    """(n, 2) random top-left corners of side x side windows in full x full images; None when not cropping."""
+    if not side or side >= full:
+        return None
+    return rng.integers(0, full - side + 1, size=(n, 2))
 
-    def __init__(self, generator: Any) -> None:
+
+class DraemSynth:
+    """DRAEM's training batch synthesis, run by the data workers (picklable: the generator and the crop size):
+    optional random train_crop windows, then the generator's defects."""
+
+    def __init__(self, generator: Any, train_crop: int = 0) -> None:
         self.generator = generator
+        self.train_crop = int(train_crop)
 
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        corners = crop_corners(len(images), images.shape[2], self.train_crop, rng)
+        if corners is not None:
+            side = self.train_crop
+            images = np.stack([img[y : y + side, x : x + side] for img, (y, x) in zip(images, corners, strict=True)])
         aug, masks, _ = self.generator.augment(images, rng)
-        return {"augmented": np.ascontiguousarray(aug.transpose(0, 3, 1, 2)), "masks": masks}
+        return {
+            "images": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
+            "augmented": np.ascontiguousarray(aug.transpose(0, 3, 1, 2)),
+            "masks": masks,
+        }
 
 
 class _DraemScorer(nn.Module):

@@ -508,7 +508,7 @@ class Dsr(AnomalyModel):
 
         c: DsrConfig = self.config  # type: ignore[assignment]
         self.synth_config = synth_config if synth_config is not None else SynthConfig()
-        self._generator = DefectGenerator(self.synth_config, c.image_size)
+        self._generator = DefectGenerator(self.synth_config, c.image_size, goods=train_images)
         self._train_images = np.ascontiguousarray(train_images, dtype=np.float32) if train_images is not None else None
         self._torch_gen = torch.Generator(device=self.device)
         self._torch_gen.manual_seed(int(seed))
