@@ -53,7 +53,7 @@ def test_defect_generator_and_draem_synthesis_survive_pickling():
     synth = DraemSynth(DefectGenerator(SYNTH, 32))
     clone = pickle.loads(pickle.dumps(synth))
     a, b = synth(images, np.random.default_rng(1)), clone(images, np.random.default_rng(1))
-    assert a.keys() == b.keys() == {"augmented", "masks"}
+    assert a.keys() == b.keys() == {"images", "augmented", "masks"}
     assert a["augmented"].shape == (4, 3, 32, 32) and a["masks"].shape == (4, 32, 32)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
@@ -162,3 +162,10 @@ def test_gpu_training_with_workers_mixed_precision_and_onnx_export(tmp_path):
     save_bundle(path, model, synth_config=SYNTH)
     info = export_onnx(path, tmp_path / "gpu.onnx")
     assert (tmp_path / "gpu.onnx").is_file() and info["opset"]
+
+
+def test_draem_synthesis_makes_the_training_crops():
+    made = DraemSynth(DefectGenerator(SYNTH, 32), train_crop=16)(tiny_images(3), np.random.default_rng(0))
+    assert made["images"].shape == made["augmented"].shape == (3, 3, 16, 16) and made["masks"].shape == (3, 16, 16)
+    whole = DraemSynth(DefectGenerator(SYNTH, 32))(tiny_images(3), np.random.default_rng(0))
+    np.testing.assert_array_equal(whole["images"], tiny_images(3).transpose(0, 3, 1, 2))

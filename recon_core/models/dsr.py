@@ -569,12 +569,15 @@ class Dsr(AnomalyModel):
         return vq_step(self.vq, self._optimizers["vq"], images, self.config.commitment, self.grad_scaler)
 
     def _feature_anomalies(
-        self, x: torch.Tensor, plan: dict[str, torch.Tensor]
+        self, x: torch.Tensor, plan: dict[str, torch.Tensor] | np.random.Generator
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean codes, anomalous codes (top then bottom, so top anomalies also shape the bottom codes), and the
-        full-resolution mask of what changed; `plan` is DsrSynth's "dsr" draw (masks, which levels, strength)."""
+        full-resolution mask of what changed; `plan` is DsrSynth's "dsr" draw (masks, which levels, strength), or an
+        rng to draw it here."""
         c: DsrConfig = self.config  # type: ignore[assignment]
         size = c.image_size
+        if isinstance(plan, np.random.Generator):
+            plan = self._prepare(x, "dsr", plan)
         clean = self.vq.encode(x)
         masks_b, level = plan["masks_b"].to(self.device), plan["level"].to(self.device)
         anomalous = plan["anomalous"].to(self.device)
