@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,6 +46,10 @@ class SynthConfig:
     rotate_good_probability: float = 0.0
     rotate_good_degrees: float = 90.0
     seed: int = 0
+    # share of the defects that are transplanted real ones when the run has labelled defects (recon_core.defect_bank)
+    real_defect_share: float = 0.5
+    # share of DRAEM's / DSR's training samples that are the labelled defect images themselves (their masks as targets)
+    real_image_share: float = 0.1
 
     def __post_init__(self) -> None:
         def number(name: str, lo: float, hi: float, integer: bool = False) -> None:
@@ -74,6 +79,8 @@ class SynthConfig:
         number("rotate_good_probability", 0.0, 1.0)
         number("rotate_good_degrees", 0.0, 180.0)
         number("seed", 0, 2**63 - 1, integer=True)
+        number("real_defect_share", 0.0, 1.0)
+        number("real_image_share", 0.0, 0.5)
         if not isinstance(self.rotate_noise, bool):
             raise ConfigError(f"synth.rotate_noise: expected true/false, got {self.rotate_noise!r}")
         if self.texture_source not in TEXTURE_SOURCES:
@@ -288,15 +295,20 @@ def _noise_pool(size: int, seed: int) -> np.ndarray:
 
 
 class DefectGenerator:
-    """Makes (augmented, mask, has_defect) batches from good images. Seed through the rng passed to each call."""
+    """Makes (augmented, mask, has_defect) batches from good images. Seed through the rng passed to each call.
+    With a `bank` (recon_core.defect_bank.DefectBank of the run's labelled defects), config.real_defect_share of the
+    defects are transplanted real ones instead of Perlin ones."""
 
-    def __init__(self, config: SynthConfig, image_size: int, textures: np.ndarray | None = None) -> None:
+    def __init__(
+        self, config: SynthConfig, image_size: int, textures: np.ndarray | None = None, *, bank: Any = None
+    ) -> None:
         if not isinstance(config, SynthConfig):
             raise ConfigError(f"expected a SynthConfig, got {type(config).__name__}")
         if image_size < 8:
             raise ConfigError(f"image_size must be at least 8, got {image_size}")
         self.config = config
         self.image_size = int(image_size)
+        self.bank = bank
         self._pools: dict[tuple[int, int], np.ndarray] = {}
         if textures is not None:
             textures = np.asarray(textures)
@@ -400,6 +412,12 @@ class DefectGenerator:
                 out[i] = self._rotate_good(out[i], rng)
             if not (force_defect or rng.random() < cfg.defect_probability):
                 continue
+            if self.bank is not None and rng.random() < cfg.real_defect_share:
+                pasted = self.bank.paste(out[i], rng)
+                if pasted is not None:
+                    out[i], masks[i] = pasted
+                    has_defect[i] = True
+                    continue
             mask = self._one_mask(rng, height, width)
             tex = self._texture(rng, height, width).astype(np.float32)
             tex *= np.float32(1 / 255)
@@ -421,11 +439,11 @@ class DefectGenerator:
 
 
 def preview(
-    images: np.ndarray, config: SynthConfig, n: int = 8, *, force_defect: bool = True
+    images: np.ndarray, config: SynthConfig, n: int = 8, *, force_defect: bool = True, bank: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """n augmented samples of `images` (cycled in a seeded order) and their masks, seeded by config.seed.
     Every preview sample gets a defect by default (the designer wants to see defects); pass force_defect=False
-    to honour defect_probability."""
+    to honour defect_probability. With a `bank` (DefectBank), transplanted real defects appear as in training."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 3:
         images = images[None]
@@ -436,7 +454,8 @@ def preview(
     rng = np.random.default_rng(config.seed)
     pick = rng.permutation(len(images))
     chosen = images[np.resize(pick, n)]
-    generator = DefectGenerator(config, images.shape[1])  # cheap: texture pools are cached per source and size
+    # cheap: texture pools are cached per source and size
+    generator = DefectGenerator(config, images.shape[1], bank=bank)
     augmented, masks, _ = generator.augment(chosen, rng, force_defect=force_defect)
     return augmented, masks
 

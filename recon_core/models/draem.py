@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from recon_core.defect_bank import LabelledDefectsMixin
 from recon_core.errors import ConfigError
 from recon_core.models.base import AnomalyModel, ModelConfig, Prediction, TrainingStage
 from recon_core.models.layers import (
@@ -89,7 +90,7 @@ class DraemNets(nn.Module):
         return recon, self.discriminative(torch.cat([x, recon], dim=1))
 
 
-class Draem(AnomalyModel):
+class Draem(LabelledDefectsMixin, AnomalyModel):
     name: ClassVar[str] = "draem"
     config_class: ClassVar[type[ModelConfig]] = DraemConfig
     description: ClassVar[str] = (
@@ -155,7 +156,8 @@ class Draem(AnomalyModel):
         from recon_core.synth import DefectGenerator, SynthConfig
 
         self.synth_config = synth_config if synth_config is not None else SynthConfig()
-        self.generator = DefectGenerator(self.synth_config, self.cfg.image_size)
+        # with labelled defects, some synthetic defects are transplanted real ones (synth.real_defect_share)
+        self.generator = DefectGenerator(self.synth_config, self.cfg.image_size, bank=self.defect_bank)
         # one Adam over both networks, as in the official code (the lr drops are applied by train.fit)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.cfg.lr)
 
@@ -164,13 +166,17 @@ class Draem(AnomalyModel):
             raise ConfigError("draem: call setup_training before stages()")
         return [TrainingStage("draem", 1.0, self._step, [self.optimizer])]
 
-    def losses(self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(
+        self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor, n_clean: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """DRAEM's loss on one batch: L2 + (1 - SSIM) of the reconstruction vs the clean image, focal loss of
-        the segmentation vs the defect mask, + sspcab_weight x SSPCAB MSE."""
+        the segmentation vs the defect mask, + sspcab_weight x SSPCAB MSE. Only the first `n_clean` samples
+        (default all) have a clean image; the rest (real defect images) train the segmentation alone."""
         recon, logits = self.nets(augmented)
+        n = len(clean) if n_clean is None else n_clean
         out = {
-            "l2": F.mse_loss(recon, clean),
-            "ssim": ssim_loss(recon, clean),
+            "l2": F.mse_loss(recon[:n], clean[:n]),
+            "ssim": ssim_loss(recon[:n], clean[:n]),
             "focal": focal_loss(logits, masks, gamma=self.cfg.focal_gamma),
         }
         total = out["l2"] + out["ssim"] + out["focal"]
@@ -190,11 +196,29 @@ class Draem(AnomalyModel):
         aug_t = torch.from_numpy(aug).permute(0, 3, 1, 2)
         return self._format(aug_t), torch.from_numpy(masks).to(self.device)
 
+    def real_positives(
+        self, augmented: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The batch's last samples replaced by labelled defect images (synth.real_image_share of the batch,
+        binomial, at least one sample left synthetic) -> (augmented, masks, number of synthetic samples)."""
+        share = getattr(self.synth_config, "real_image_share", 0.0)
+        if self.defect_bank is None or share <= 0:
+            return augmented, masks, len(augmented)
+        n = min(int(rng.binomial(len(augmented), share)), len(augmented) - 1)
+        if n <= 0:
+            return augmented, masks, len(augmented)
+        images, real_masks = self.defect_bank.real_positives(n, rng)
+        augmented, masks = augmented.clone(), masks.clone()
+        augmented[-n:] = self._format(torch.from_numpy(images).permute(0, 3, 1, 2))
+        masks[-n:] = torch.from_numpy(real_masks).to(self.device)
+        return augmented, masks, len(augmented) - n
+
     def _step(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
         assert self.optimizer is not None
         self.nets.train()
         augmented, masks = self.synthesize(images, rng)
-        losses = self.losses(self._format(images), augmented, masks)
+        augmented, masks, n_clean = self.real_positives(augmented, masks, rng)
+        losses = self.losses(self._format(images), augmented, masks, n_clean)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.optimizer.step()
