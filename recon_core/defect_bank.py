@@ -224,6 +224,31 @@ def _poisson(canvas: np.ndarray, image: np.ndarray, placed: np.ndarray) -> np.nd
     return out
 
 
+def bank_from_files(pairs: list[tuple[str, str]], image_size: int) -> DefectBank:
+    """A bank from (defect image path, mask path) pairs, e.g. a project's training defects."""
+    from recon_core.images import load_image, load_mask
+
+    if not pairs:
+        raise ConfigError("defect bank: no labelled defect images given")
+    images = np.stack([load_image(image, image_size) for image, _ in pairs])
+    masks = np.stack([load_mask(mask, image_size) for _, mask in pairs])
+    return DefectBank(images, masks, image_size)
+
+
+def transplant_preview(goods: np.ndarray, bank: DefectBank, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n goods (cycled in a seeded order) each with one transplanted real defect, as training makes them; the
+    designer's preview. A defect that cannot be placed leaves its good image unchanged, with an empty mask."""
+    goods = np.asarray(goods, np.float32)
+    rng = np.random.default_rng(seed)
+    chosen = goods[np.resize(rng.permutation(len(goods)), n)]
+    masks = np.zeros(chosen.shape[:3], np.float32)
+    for i in range(n):
+        pasted = bank.paste(chosen[i], rng)
+        if pasted is not None:
+            chosen[i], masks[i] = pasted
+    return chosen, masks
+
+
 class LabelledDefectsMixin:
     """For models that train with a run's labelled defects (DRAEM, DSR): keeps them as a DefectBank."""
 

@@ -4,6 +4,7 @@ Perlin defects in the DefectGenerator, and DRAEM / DSR training with a few real 
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,42 @@ def test_a_training_defect_never_counts_in_the_evaluation(tmp_path, monkeypatch:
     evaluated = [load_image(path, SIZE) for path in evaluation.paths]
     for image in taken["images"]:  # none of the evaluated images is a training defect
         assert not any(np.allclose(image, other, atol=1e-3) for other in evaluated)
+
+
+@pytest.mark.usefixtures("tiny_model_env")
+def test_cli_trains_with_named_defect_files_and_evaluates_without_them(tmp_path) -> None:
+    import json
+
+    from tiny_model import make_mvtec
+
+    from recon_core.cli import main
+    from recon_core.evaluation import load_eval
+
+    data = make_mvtec(tmp_path / "data")
+    named = ["test/crack/001.png", str(data / "test" / "crack" / "003.png")]
+    args = ["train", str(data), "--model", "tiny", "--iterations", "2", "--out", str(tmp_path / "run"), "-q"]
+    assert main([*args, *(x for n in named for x in ("--labelled-defect-file", n))]) == 0
+    used = json.loads((tmp_path / "run" / "data.json").read_text())["labelled_defects"]
+    assert sorted(Path(p).name for p in used) == ["001.png", "003.png"]
+    evaluated = {Path(p).resolve() for p in load_eval(tmp_path / "run" / "eval").paths}
+    assert not evaluated & {Path(p).resolve() for p in used} and len(evaluated) == 4 + 4 - 2
+
+
+@pytest.mark.usefixtures("tiny_model_env")
+def test_named_defect_files_are_checked(tmp_path) -> None:
+    from tiny_model import make_mvtec
+
+    from recon_core.errors import DataError
+    from recon_core.runs import RunSpec, execute_run
+
+    data = make_mvtec(tmp_path / "data")
+
+    def run(**kw: object) -> None:
+        execute_run(RunSpec(str(data), model="tiny", iterations=1, **kw), tmp_path / "run")
+
+    with pytest.raises(DataError, match="not an image of the test split"):
+        run(labelled_defect_files=["test/crack/nope.png"])
+    with pytest.raises(DataError, match="a good image"):
+        run(labelled_defect_files=["test/good/000.png"])
+    with pytest.raises(ConfigError, match="disagree"):
+        RunSpec(str(data), labelled_defects=3, labelled_defect_files=["test/crack/001.png"])

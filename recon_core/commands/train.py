@@ -125,6 +125,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         "checkpoint_every": args.checkpoint_every,
         "name": args.name,
         "labelled_defects": args.labelled_defects,
+        "labelled_defect_files": list(args.labelled_defect_file or []),
     }
     spec = RunSpec(**values)
     return RunSpec.from_dict(spec.to_dict())  # strict validation of every field
@@ -330,7 +331,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--synth-config", default=None, metavar="JSON", help="defect design: a JSON file or inline JSON")
     p.add_argument("--init-from", default=None, metavar="BUNDLE", help="warm start from a model.pt of the same model")
     p.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (default 50)")
-    p.add_argument("--labelled-defects", type=int, default=0, help="real defect images to train with (some models)")
+    p.add_argument(
+        "--labelled-defects",
+        type=int,
+        default=0,
+        metavar="K",
+        help="train with K real defect images (seeded choice from the test split, masks needed for draem/dsr); "
+        "they leave the evaluation (draem, dsr, aae)",
+    )
+    p.add_argument(
+        "--labelled-defect-file",
+        action="append",
+        metavar="PATH",
+        help="a defect image of the test split to train with, instead of a seeded choice (repeatable; absolute or "
+        "relative to the data folder)",
+    )
     p.add_argument("--name", default=None, help="a label for the run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
