@@ -35,7 +35,7 @@ def _draw_report(report) -> None:
     for f in report.refused:
         st.error(f"{f.name}: {f.reason}")
     for note in report.notes:
-        st.info(note)
+        (st.warning if note.startswith("identical files") else st.info)(note)
 
 
 def remover(kind: str, names: list[str], remove: Callable[[str], None]) -> None:

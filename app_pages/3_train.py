@@ -11,6 +11,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages._ui import guarded, recall, remember, require_project, run_label, store
+from recon_core.auto import AUTO, CANDIDATES_FILE, AutoConfig, auto_presets, describe_plan
+from recon_core.config import load_json
 from recon_core.device import available_devices
 from recon_core.models import get_model_class, model_names
 from recon_core.runs import RunSpec
@@ -34,21 +36,22 @@ def start_form(project) -> None:
     advanced = [m for m in model_names() if m not in main]
     c1, c2 = st.columns(2)
     with c1:
-        model = st.selectbox("Model", main, key="train_model", format_func=str.upper)
+        model = st.selectbox("Model", [*main, AUTO], key="train_model", format_func=str.upper)
         with st.expander("Advanced: baselines"):
             use_baseline = st.checkbox("Train a baseline instead", key="use_baseline")
             baseline = st.selectbox("Baseline", advanced, key="train_baseline")
         if use_baseline:
             model = baseline
-        cls = get_model_class(model)
-        if cls.description:
-            st.caption(cls.description)
-        presets = list(cls.presets)
+        if model == AUTO:
+            st.caption(describe_plan(AutoConfig(), len(project.train_goods()), 0))
+            presets, default = auto_presets(), "cpu"
+        else:
+            cls = get_model_class(model)
+            if cls.description:
+                st.caption(cls.description)
+            presets, default = list(cls.presets), cls.default_preset
         preset = st.selectbox(
-            "Preset",
-            presets,
-            index=presets.index(cls.default_preset) if cls.default_preset in presets else 0,
-            key="train_preset",
+            "Preset", presets, index=presets.index(default) if default in presets else 0, key="train_preset"
         )
     with c2:
         budget_kind = st.radio("Budget", ["minutes", "iterations"], horizontal=True, key="budget_kind")
@@ -127,6 +130,36 @@ def loss_chart(rows: list[dict]) -> go.Figure | None:
     return fig
 
 
+def auto_choice(record: dict) -> None:
+    """The candidates of an auto run, their validation scores and why the winner was kept."""
+    st.markdown(f"**Auto choice: {record['winner'].upper()}.** {record['reason']}.")
+    rows = []
+    for c in record["candidates"]:
+        v, t = c.get("validation", {}), c.get("test", {})
+        rows.append(
+            {
+                "model": c["model"] + (" (kept)" if c["model"] == record["winner"] else ""),
+                "iterations": c.get("iterations"),
+                "train s": c.get("train_seconds"),
+                "real-defect score": v.get("real_signal"),
+                "probe image AUROC": v.get("probe_image_auroc"),
+                "probe pixel AUROC": v.get("probe_pixel_auroc"),
+                "probes caught, no false alarm": v.get("probe_detected_without_false_alarm"),
+                "test image AUROC (not used)": None if t.get("synthetic") else t.get("image_auroc"),
+            }
+        )
+    st.dataframe(pd.DataFrame(rows).dropna(axis=1, how="all"), hide_index=True, key="auto_candidates")
+    st.caption(
+        f"Chosen on {len(record['held_out_goods'])} held-out training goods"
+        + (
+            f" and {len(record['validation_defects'])} real defect image(s) no candidate trained on"
+            if record["validation_defects"]
+            else f" and {record.get('n_probe_defects', 0)} probe defects of kinds no candidate trained on"
+        )
+        + "; the test images never took part in the choice."
+    )
+
+
 def job_panel(project_name: str) -> None:
     jobs = store().list_jobs(project_name)
     if not jobs:
@@ -185,6 +218,8 @@ def job_panel(project_name: str) -> None:
     fig = loss_chart(store().progress_rows(job.id))
     if fig is not None:
         st.plotly_chart(fig, key=f"loss_{job.id}")
+    if job.state == "succeeded" and (job.run_dir / CANDIDATES_FILE).is_file():
+        auto_choice(load_json(job.run_dir / CANDIDATES_FILE))
     if job.result:
         with st.expander("Result (metrics)"):
             st.json(job.result)

@@ -21,10 +21,9 @@ from app_pages._ui import (
     score_histogram,
 )
 from recon_core import metrics
-from recon_core.evaluation import evaluate_bundle, save_eval, synthetic_test_set
+from recon_core.evaluation import evaluate_bundle, evaluated_on, record_evaluation, synthetic_test_set
 from recon_core.images import load_image, load_images, to_uint8
 from recon_core.inference import overlay
-from recon_core.workspace import eval_cache
 
 
 @st.cache_data(show_spinner="Loading images…", max_entries=4)
@@ -62,15 +61,18 @@ def body() -> None:
     result, stem = cached_eval(run_dir)
     if st.button("Evaluate on the project's current test images", key="run_eval"):
         with st.spinner("Scoring test images…"):
-            fresh = evaluate_bundle(bundle(run_dir), str(project.data_dir))
-            save_eval(fresh, eval_cache(run_dir))
-        result, stem = cached_eval(run_dir)
+            # leaves out the run's own training images (by content); becomes the run's current evaluation
+            record_evaluation(run_dir, evaluate_bundle(bundle(run_dir), str(project.data_dir)))
+        st.rerun()  # the run picker and its warnings above show the new evaluation
     if result is None:
         st.info("This run has no evaluation yet: press the button above.")
         return
-    n_def, n_good = int((result.labels == 1).sum()), int((result.labels == 0).sum())
-    source = "synthetic defects on held-out goods" if result.synthetic else "real defect images"
-    st.caption(f"{n_good} good and {n_def} defective test images ({source}); cached in `{stem.name}.npz`.")
+    excluded = result.metrics.get("excluded_training_images") or 0
+    st.caption(
+        f"Evaluated on {evaluated_on(result.metrics)}"
+        + (f"; {excluded} image(s) identical to this run's training images left out" if excluded else "")
+        + f" (saved as `{stem.name}.npz`)."
+    )
     if result.synthetic:
         st.warning("No real defects in the test set: numbers come from faint synthetic defects, a rough guide only.")
     m = result.metrics

@@ -11,7 +11,7 @@ import streamlit as st
 
 from app_pages._ui import bundle, cached_eval, guarded, pick_run, require_project, roc_figure, score_histogram, thumbs
 from recon_core import metrics
-from recon_core.bundle import set_threshold
+from recon_core.evaluation import evaluated_on, record_threshold
 
 METHODS = {
     "fpr": "Target false-alarm rate",
@@ -109,15 +109,21 @@ def body() -> None:
         return
     current = bundle(run_dir).threshold
     if current is not None:
-        st.caption(
-            f"Saved threshold: {current.value:.5f} ({current.method})"
-            + (f", review from {current.review_below:.5f}" if current.review_below is not None else "")
-        )
-    thr = choose(result, run_dir.name)
+        st.caption(f"Saved threshold: {metrics.describe_threshold(current)}")
+    n_good = int((result.labels == 0).sum())
+    st.caption(
+        f"Set on {evaluated_on(result.metrics)}. With {n_good} good images the false-alarm rate moves in steps of "
+        f"{1 / max(n_good, 1):.1%}; a target of p needs about 3/p of them (e.g. 300 for 1 %)."
+    )
+    thr = metrics.annotate(choose(result, run_dir.name), result.labels, result.synthetic)
+    for text in thr.params.get("warnings", []):
+        st.warning(text)
     st.markdown(
         f"**Threshold {thr.value:.5f}** ({METHODS.get(thr.method, thr.method)})"
         + (f" · review band from {thr.review_below:.5f}" if thr.review_below is not None else "")
     )
+    if thr.params.get("provisional"):
+        st.info(thr.params["provisional"])
     conf = metrics.confusion(result.labels, result.scores, thr)
     c = st.columns(4)
     c[0].metric("Good accepted", conf.get("tn"))
@@ -165,7 +171,7 @@ def body() -> None:
             if files:  # synthetic test images exist only in memory: those are listed, not shown
                 thumbs([Path(f) for f in files], columns=6, limit=12)
     if st.button("Save threshold into the model bundle", type="primary", key="save_threshold"):
-        set_threshold(run_dir / "model.pt", thr)
+        record_threshold(run_dir, thr)
         st.success(f"Saved {thr.value:.5f} into {run_dir.name}/model.pt; Inspect and exports use it.")
 
 

@@ -18,16 +18,22 @@ from recon_core.images import list_images
 from recon_core.inference import overlay, predict_paths
 from recon_core.workspace import MAX_FILES, load_inspection, safe_extract_zip, save_inspection
 
-ONNX_NOTE = """```python
-import numpy as np, onnxruntime as ort
-from PIL import Image
-sess = ort.InferenceSession("model.onnx")
-size = sess.get_inputs()[0].shape[-1]
-# RGB float32 in [0, 1], resized to the model's size, no normalisation
-img = np.asarray(Image.open("part.png").convert("RGB").resize((size, size)), np.float32) / 255
-score, amap = sess.run(["image_score", "anomaly_map"], {"image": img.transpose(2, 0, 1)[None]})
-# reject when score[0] >= the threshold in threshold.json (bundle zip)
-```"""
+ONNX_NOTE = """The bundle zip holds `model.onnx`, `threshold.json`, `predict_onnx.py` and `preprocess.py` (this
+app's own preprocessing: the same resize, so the same scores and verdicts). Unzip it, then:
+
+```bash
+pip install numpy pillow opencv-python-headless onnxruntime
+python predict_onnx.py part1.png part2.jpg   # CSV: path, score, verdict
+```
+
+```python
+from predict_onnx import OnnxModel  # in the unzipped folder
+model = OnnxModel("model.onnx", "threshold.json")
+print(model.predict(["part.png"]))  # [{"path", "score", "verdict", "problem"}]
+```
+
+Feeding `model.onnx` yourself: use `preprocess.model_input(path, size)`; another resize (PIL's default,
+bilinear) changes the scores enough to flip verdicts near the threshold."""
 
 
 def inspect(run_dir: Path) -> None:
@@ -155,7 +161,7 @@ def export(run_dir: Path) -> None:
             file_name=path.name,
             key=f"dl_{path.name}",
         )
-    st.markdown("**Running the ONNX model** (input: RGB float32 in [0, 1], no normalisation):")
+    st.markdown("**Running the exported model outside Recon Studio**")
     st.markdown(ONNX_NOTE)
 
 
@@ -173,6 +179,8 @@ def body() -> None:
         if thr
         else "No threshold saved: verdicts stay empty until one is saved on the **Threshold** page."
     )
+    if thr is not None and thr.params.get("provisional"):
+        st.info(thr.params["provisional"])
     tab_i, tab_e = st.tabs(["Inspect new images", "Export"])
     with tab_i:
         inspect(run_dir)

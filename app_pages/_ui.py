@@ -113,12 +113,26 @@ def bundle(run_dir: Path) -> Any:
 
 
 def run_label(run_dir: Path) -> str:
+    """'<run> · <model> · AUROC 0.750 (real 8/4) ⚠': the run's CURRENT evaluation and what it was made on."""
+    from recon_core.evaluation import evaluation_summary
     from recon_core.workspace import run_summary
 
-    row = run_summary(run_dir)
-    auroc = row.get("image_auroc")
-    score = f" · AUROC {auroc:.3f}" if isinstance(auroc, float) else ""
+    row, summary = run_summary(run_dir), evaluation_summary(run_dir)
+    auroc = summary.get("image_auroc")
+    score = ""
+    if isinstance(auroc, float):
+        kind = "synthetic" if summary.get("synthetic") else "real"
+        score = f" · AUROC {auroc:.3f} ({kind} {summary.get('n_good')}/{summary.get('n_defect')})"
+        score += " ⚠" if summary.get("warnings") else ""
     return f"{run_dir.name} · {row.get('model') or '?'}{score}"
+
+
+def show_run_warnings(run_dir: Path) -> None:
+    """The current evaluation's warnings (weak model, leak, under-trained) wherever a page shows the run's figures."""
+    from recon_core.evaluation import evaluation_summary
+
+    for text in evaluation_summary(run_dir).get("warnings", []):
+        st.warning(text, icon="⚠️")
 
 
 def pick_run(project: Project, key: str) -> Path | None:
@@ -133,6 +147,7 @@ def pick_run(project: Project, key: str) -> Path | None:
     name = st.selectbox("Run", names, index=index, key=key, format_func=lambda n: run_label(project.runs_dir / n))
     if name != saved:
         remember(**{f"run:{project.name}": name})
+    show_run_warnings(project.runs_dir / name)
     return project.runs_dir / name
 
 
@@ -149,14 +164,10 @@ def thumbs(paths: list[Path], columns: int = 6, limit: int = 48, captions: bool 
 
 
 def cached_eval(run_dir: Path):
-    """The app's evaluation on current test images if made, else the one the run wrote when it finished."""
-    from recon_core.evaluation import load_eval
-    from recon_core.workspace import eval_cache
+    """The run's current (latest) evaluation and its stem (evaluation.current_evaluation)."""
+    from recon_core.evaluation import current_evaluation
 
-    for stem in (eval_cache(run_dir), run_dir / "eval"):
-        if stem.with_suffix(".npz").is_file() or Path(str(stem) + ".npz").is_file():
-            return load_eval(stem), stem
-    return None, None
+    return current_evaluation(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,3 +246,73 @@ def score_histogram(labels: np.ndarray, scores: np.ndarray, thr: Any = None, bin
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
     )
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Widgets generated from a config's declared knobs (recon_core.knobs): the range, default and help are the
+# declaration's, so a slider cannot disagree with the CLI or the validation.
+
+
+def knob_key(prefix: str, name: str) -> str:
+    """Widget key of a knob; a min/max pair is one range widget keyed by its name without "_min"."""
+    return prefix + name.removesuffix("_min")
+
+
+def knob_widget(name: str, k: Any, value: Any, key: str, upper_value: Any = None, labels: Any = None) -> Any:
+    """One widget for one knob: checkbox (bool), radio (choices), number box, or slider (a range slider when the
+    knob is the lower end of a pair). Returns the value, or (lo, hi) for a pair."""
+    if k.kind is bool:
+        return st.checkbox(k.text, bool(value), key=key, help=k.help)
+    if k.choices:
+        return st.radio(
+            k.text,
+            list(k.choices),
+            index=list(k.choices).index(value) if value in k.choices else 0,
+            format_func=(labels or {}).get if labels else str,
+            key=key,
+            horizontal=True,
+            help=k.help,
+        )
+    cast = int if k.kind is int else float
+    lo, hi = cast(k.lo), cast(k.hi)
+
+    def clamp(v: Any) -> Any:
+        return min(max(cast(v), lo), hi)
+
+    if k.widget == "number":
+        return st.number_input(k.text, lo, hi, clamp(value), key=key, help=k.help)
+    step = 1 if cast is int else float(k.step or (hi - lo) / 100)
+    current = (clamp(value), clamp(upper_value)) if k.upper else clamp(value)
+    return st.slider(k.text, lo, hi, current, step, key=key, help=k.help)
+
+
+def knob_widgets(
+    saved: Any, prefix: str, after: Callable[[str, dict[str, Any]], None] | None = None, labels: Any = None
+) -> dict[str, Any]:
+    """Widgets for every declared knob of the dataclass instance `saved`, in sections by the knobs' group.
+    Knobs with widget="none" keep their saved value (the page may draw them in `after(name, values)`, which runs
+    after each widget). Returns {field name: value}."""
+    from recon_core.knobs import knobs_of
+
+    declared = knobs_of(saved)
+    values = {name: getattr(saved, name) for name in declared}
+    uppers = {k.upper for k in declared.values() if k.upper}
+    groups: dict[str | None, list[str]] = {}
+    for name, k in declared.items():
+        if k.widget != "none" and name not in uppers:
+            groups.setdefault(k.group, []).append(name)
+    for group, names in groups.items():
+        if group:
+            st.markdown(f"**{group}**")
+        for name in names:
+            k = declared[name]
+            got = knob_widget(
+                name, k, values[name], knob_key(prefix, name), values.get(k.upper or ""), (labels or {}).get(name)
+            )
+            if k.upper:
+                values[name], values[k.upper] = got
+            else:
+                values[name] = got
+            if after:
+                after(name, values)
+    return values

@@ -4,7 +4,8 @@ Format: `torch.save` of a dict holding only tensors and plain Python types (so i
 `torch.load(weights_only=True)`, which refuses pickled code):
 
     {"format": "recon-studio-bundle", "format_version": 1, "model": name, "config": json, "synth": json,
-     "threshold": json | None, "metadata": json, "state": model.state_dict(), "training_state": dict | None}
+     "threshold": json | None, "metadata": json, "state": model.state_dict(), "training_state": dict | None,
+     "normalisation": dict | None (optional: map normalisation, see recon_core/normalisation.py)}
 
 Configs are stored as JSON text and parsed strictly (unknown keys -> error), so a bundle from a newer version
 with extra settings is refused with a clear reason instead of silently misbehaving.
@@ -117,6 +118,8 @@ def bundle_dict(
         "metadata": json.dumps(meta, default=str),
         "state": model.state_dict(),
         "training_state": training_state,
+        # map normalisation (recon_core.normalisation): chosen after training, absent in checkpoints
+        "normalisation": None if getattr(model, "normaliser", None) is None else model.normaliser.state(),
     }
 
 
@@ -240,6 +243,13 @@ def load_bundle(path: str | Path, device: Any = "auto", *, expected_model: str |
         raise CheckpointError(f"{path}: {exc}") from exc
     metadata = _parse_json(path, raw, "metadata") or {}
     model.synth_config = synth
+    if raw.get("normalisation") is not None:
+        from recon_core.normalisation import MapNormaliser
+
+        try:
+            model.normaliser = MapNormaliser.from_state(raw["normalisation"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
     return LoadedBundle(model, synth, threshold, metadata, raw.get("training_state"), str(path))
 
 

@@ -16,6 +16,7 @@ seeded only by the rng passed to each call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -235,15 +236,19 @@ def bank_from_files(pairs: list[tuple[str, str]], image_size: int) -> DefectBank
     return DefectBank(images, masks, image_size)
 
 
-def transplant_preview(goods: np.ndarray, bank: DefectBank, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n goods (cycled in a seeded order) each with one transplanted real defect, as training makes them; the
-    designer's preview. A defect that cannot be placed leaves its good image unchanged, with an empty mask."""
+def transplant_preview(
+    goods: np.ndarray, bank: DefectBank, n: int, seed: int, foreground: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """n goods (cycled in a seeded order) each with one transplanted real defect, as training makes them (inside
+    the `foreground` estimate when it is enabled); the designer's preview. A defect that cannot be placed leaves
+    its good image unchanged, with an empty mask."""
     goods = np.asarray(goods, np.float32)
     rng = np.random.default_rng(seed)
     chosen = goods[np.resize(rng.permutation(len(goods)), n)]
     masks = np.zeros(chosen.shape[:3], np.float32)
     for i in range(n):
-        pasted = bank.paste(chosen[i], rng)
+        allowed = foreground.mask(chosen[i]) if foreground is not None and foreground.enabled else None
+        pasted = bank.paste(chosen[i], rng, allowed)
         if pasted is not None:
             chosen[i], masks[i] = pasted
     return chosen, masks

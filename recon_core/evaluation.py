@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ def synthetic_test_set(goods: np.ndarray, paths: list[str], synth_config: Any, i
     parts, masks, types, names = [], [], [], []
     for label, (lo, hi), idx in groups:
         cfg = dataclasses.replace(base, opacity_min=lo, opacity_max=hi, rotate_good_probability=0.0)
-        aug, m, _ = DefectGenerator(cfg, image_size).augment(goods[idx], rng, force_defect=True)
+        aug, m, _ = DefectGenerator(cfg, image_size, goods=goods).augment(goods[idx], rng, force_defect=True)
         parts.append(aug)
         masks.append(m)
         types += [f"synthetic-{label}"] * len(idx)
@@ -90,48 +91,79 @@ def _downsample(maps: np.ndarray, size: int = STORED_MAP_SIZE) -> np.ndarray:
     return np.stack([cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) for m in maps])
 
 
-def _load_test(data: Any, image_size: int) -> tuple[Any, np.ndarray | None, list[str]]:
-    """-> (test set or None, good images to fall back on, their paths)."""
+def _goods_only(images: np.ndarray, paths: list[str]) -> Any:
+    from recon_core.images import TestSet
+
+    return TestSet(
+        images=images,
+        labels=np.zeros(len(paths), int),
+        masks=np.zeros(images.shape[:3], np.float32),
+        has_masks=False,
+        paths=list(paths),
+        defect_types=["good"] * len(paths),
+    )
+
+
+def _load_test(data: Any, image_size: int) -> Any:
+    """The images to evaluate on as an images.TestSet: the test split, else the folder's images as goods."""
     from recon_core.images import TestSet, load_dataset
 
     if isinstance(data, TestSet):
-        goods = data.images[data.labels == 0]
-        return data, goods, [p for p, y in zip(data.paths, data.labels, strict=True) if y == 0]
+        return data
     dataset = load_dataset(data, image_size)
-    test = dataset.test
-    if test is not None and len(test):
-        goods = test.images[test.labels == 0]
-        return test, goods, [p for p, y in zip(test.paths, test.labels, strict=True) if y == 0]
-    return None, dataset.train.images, list(dataset.train.paths)
+    if dataset.test is not None and len(dataset.test):
+        return dataset.test
+    return _goods_only(dataset.train.images, list(dataset.train.paths))
 
 
-def evaluate_bundle(bundle: Any, data_path_or_testset: Any, *, synthetic_fallback: bool = True) -> EvalResult:
+def _training_of(loaded: Any) -> Any:
+    """The training files of the run a bundle belongs to (its folder's data.json), or None."""
+    from recon_core.leakage import training_files
+
+    return training_files(Path(loaded.path).parent) if getattr(loaded, "path", "") else None
+
+
+def evaluate_bundle(
+    bundle: Any, data_path_or_testset: Any, *, synthetic_fallback: bool = True, training: Any = None
+) -> EvalResult:
     """Score the test set (a data path or an images.TestSet) and compute metrics. With no defect images and
-    synthetic_fallback, evaluate on the good images + synthetic defects instead (synthetic=True)."""
+    synthetic_fallback, evaluate on the good images + synthetic defects instead (synthetic=True).
+
+    Images identical to the run's training files (`training`: leakage.TrainingFiles; by default read from the
+    bundle's run folder) are left out; metrics["warnings"] says what the figures cannot be trusted for."""
     from recon_core import metrics
+    from recon_core.leakage import duplicate_groups, exclude_training
 
     loaded = _as_bundle(bundle)
     model = loaded.model
     size = model.config.image_size
-    test, goods, good_paths = _load_test(data_path_or_testset, size)
+    test = _load_test(data_path_or_testset, size)
+    test, exclusion = exclude_training(test, training if training is not None else _training_of(loaded))
+    duplicates = duplicate_groups([p for p in test.paths if "#" not in p])
     synthetic = False
-    if test is None or not (np.asarray(test.labels) == 1).any():
+    if not (np.asarray(test.labels) == 1).any():
         if not synthetic_fallback:
             raise DataError("evaluation: the test data has no defect images (synthetic fallback disabled)")
-        if goods is None or len(goods) == 0:
+        if len(test) == 0:
             raise DataError("evaluation: no images to evaluate on")
-        test = synthetic_test_set(goods, good_paths, loaded.synth_config, size)
+        test = synthetic_test_set(test.images, list(test.paths), loaded.synth_config, size)
         synthetic = True
     if test.images.shape[1:3] != (size, size):
         raise DataError(f"evaluation: test images are {test.images.shape[1:3]}, the model expects {size}x{size}")
     model.train_mode(False)
-    pred = model.predict(test.images, batch_size=int(getattr(model.config, "batch_size", 8)))
+    pred = model.score(test.images, batch_size=int(getattr(model.config, "batch_size", 8)))
     scores = np.asarray(pred.image_scores, dtype=np.float64)
     maps = np.asarray(pred.maps, dtype=np.float32)
     labels = np.asarray(test.labels, dtype=int)
     use_masks = bool(test.has_masks)
     result_metrics = metrics.evaluate(labels, scores, test.masks if use_masks else None, maps if use_masks else None)
     result_metrics["synthetic"] = synthetic
+    result_metrics.update(exclusion.to_metrics())
+    result_metrics["warnings"] = (
+        leak_warnings(exclusion, duplicates)
+        + detection_warnings(result_metrics)
+        + training_warnings(model.name, loaded.metadata.get("preset"), loaded.metadata.get("iterations"))
+    )
     return EvalResult(
         labels=labels,
         scores=scores,
@@ -144,6 +176,84 @@ def evaluate_bundle(bundle: Any, data_path_or_testset: Any, *, synthetic_fallbac
         synthetic=synthetic,
         images=test.images,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Warnings carried by every evaluation (rules in notes/evaluation.md)
+
+MIN_ITERATIONS_FOR_MINUTES_PRESETS = 200  # DRAEM `cpu` does ~300-400 in its 10 min on an idle 2-core machine
+UNDERTRAINED_SHARE = 0.25  # fewer than a quarter of a preset's suggested iterations: under-trained
+
+
+def leak_warnings(exclusion: Any, duplicates: list[list[str]]) -> list[str]:
+    out = []
+    if exclusion.removed:
+        out.append(
+            f"{len(exclusion.removed)} evaluation image(s) are identical to images this run trained on; they were "
+            "left out of the evaluation."
+        )
+    if exclusion.kept_training_goods:
+        out.append(
+            f"Evaluated on {exclusion.kept_training_goods} good image(s) this run trained on (there are no others): "
+            "false-alarm figures and thresholds are optimistic. Add good images the run has not seen."
+        )
+    if duplicates:
+        out.append(
+            f"{sum(len(g) - 1 for g in duplicates)} evaluation image(s) are byte-identical copies of others "
+            "(e.g. " + " = ".join(Path(p).name for p in duplicates[0][:2]) + "): they count twice."
+        )
+    return out
+
+
+def detection_warnings(m: dict[str, Any]) -> list[str]:
+    """At or below chance (image AUROC <= metrics.CHANCE_AUROC), or not shown better than chance (the 95 %
+    interval from the counts reaches 0.5)."""
+    from recon_core.metrics import CHANCE_AUROC, auroc_interval
+
+    auc, n_good, n_defect = m.get("image_auroc"), int(m.get("n_good") or 0), int(m.get("n_defect") or 0)
+    if auc is None:
+        return []
+    lo, hi = auroc_interval(auc, n_defect, n_good)
+    kind = "synthetic" if m.get("synthetic") else "real"
+    counts = f"{n_good} good / {n_defect} {kind} defect images"
+    if auc <= CHANCE_AUROC:
+        return [
+            f"At or below chance on {kind} defects: image AUROC {auc:.3f} (95 % interval {lo:.2f}-{hi:.2f}, "
+            f"{counts}). The model does not tell these defects from good parts: do not use it for decisions; train "
+            "longer, try another model or preset, or design synthetic defects closer to the real ones."
+        ]
+    if not m.get("synthetic") and lo <= 0.5:
+        return [
+            f"Not shown better than chance: image AUROC {auc:.3f}, but with {counts} its 95 % interval reaches "
+            f"{lo:.2f}. Add real defect and good images before relying on it."
+        ]
+    return []
+
+
+def training_warnings(model: str | None, preset: str | None, iterations: Any) -> list[str]:
+    """Far fewer iterations than the preset needs (a minutes budget on a busy machine buys few)."""
+    from recon_core.models import get_model_class
+
+    if not model or not isinstance(iterations, int):
+        return []
+    try:
+        suggested = getattr(get_model_class(model), "preset_budgets", {}).get(preset) or {}
+    except ReconError:
+        return []
+    if "iterations" in suggested:
+        floor = UNDERTRAINED_SHARE * float(suggested["iterations"])
+        basis = f"preset {preset!r} is meant for {int(suggested['iterations'])}"
+    elif "minutes" in suggested:
+        floor = MIN_ITERATIONS_FOR_MINUTES_PRESETS
+        basis = f"preset {preset!r} needs at least ~{MIN_ITERATIONS_FOR_MINUTES_PRESETS} to learn anything useful"
+    else:
+        return []
+    if iterations >= floor:
+        return []
+    return [
+        f"Under-trained: {iterations} iterations, {basis}. Train longer (a larger budget, or when the machine is "
+        "less busy: a minutes budget on a busy machine buys few iterations) or continue this run."
+    ]
 
 
 def _stem(path: str | Path) -> Path:
@@ -201,3 +311,98 @@ def load_eval(path: str | Path) -> EvalResult:
         metrics=dict(meta.get("metrics", {})),
         synthetic=bool(meta.get("synthetic")),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run's current evaluation: one owner for what the picker, metrics.json and exports show
+
+EVAL_STEMS = ("eval_app", "eval")  # the app's / CLI's re-evaluations, and the one the run made when it finished
+EVAL_KEYS = (
+    "image_auroc",
+    "image_ap",
+    "f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "aupro",
+    "n_good",
+    "n_defect",
+    "synthetic",
+    "excluded_training_images",
+    "evaluation_goods_seen_in_training",
+    "evaluation_training_goods",
+    "warnings",
+)
+
+
+def evaluated_on(m: dict[str, Any]) -> str:
+    """'real defects: 8 good / 4 defect images' or 'synthetic defects on 4 held-out good images'."""
+    n_good, n_defect = m.get("n_good"), m.get("n_defect")
+    if m.get("synthetic"):
+        return f"synthetic defects on {n_good} held-out good images"
+    return f"real defects: {n_good} good / {n_defect} defect images"
+
+
+def record_evaluation(run_dir: str | Path, result: EvalResult, stem: str = "eval_app") -> Path:
+    """Save `result` as the run's current evaluation (run_dir/<stem>.npz/.json) and bring metrics.json's headline
+    figures up to date, so the run picker, the CLI and exports show the latest evaluation and what it was made on."""
+    from recon_core.config import load_json, save_json
+
+    run_dir = Path(run_dir)
+    save_eval(result, run_dir / stem)
+    path = run_dir / "metrics.json"
+    try:
+        current = load_json(path) if path.is_file() else {}
+    except ReconError:
+        current = {}
+    if not isinstance(current, dict):
+        current = {}
+    for key in EVAL_KEYS:
+        current[key] = result.metrics.get(key)
+    current.update(evaluation=stem, evaluated_on=evaluated_on(result.metrics), evaluated_at=time.time())
+    save_json(path, current)
+    return run_dir / stem
+
+
+def current_evaluation(run_dir: str | Path) -> tuple[EvalResult | None, Path | None]:
+    """The run's latest saved evaluation (the newest of eval_app / eval) and its stem; (None, None) if none."""
+    run_dir = Path(run_dir)
+    found = [(run_dir / s).with_name(s + ".npz") for s in EVAL_STEMS]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        return None, None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    stem = newest.with_name(newest.name[: -len(".npz")])
+    return load_eval(stem), stem
+
+
+def evaluation_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The run's current headline figures from metrics.json (kept current by `record_evaluation`): the EVAL_KEYS
+    plus 'evaluated_on' (a sentence); empty when the run has no metrics yet."""
+    try:
+        m = json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(m, dict):
+        return {}
+    out = {key: m.get(key) for key in EVAL_KEYS}
+    out["warnings"] = list(m.get("warnings") or [])
+    out["evaluated_on"] = m.get("evaluated_on") or (evaluated_on(m) if "n_good" in m else None)
+    return out
+
+
+def record_threshold(run_dir: str | Path, threshold: Any) -> None:
+    """Save a threshold into the run's bundle and into metrics.json (what exports and the CLI report)."""
+    from recon_core.bundle import set_threshold
+    from recon_core.config import load_json, save_json, to_dict
+
+    run_dir = Path(run_dir)
+    set_threshold(run_dir / "model.pt", threshold)
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        try:
+            current = load_json(path)
+        except ReconError:
+            return
+        if isinstance(current, dict):
+            current["threshold"] = None if threshold is None else to_dict(threshold)
+            save_json(path, current)

@@ -66,7 +66,7 @@ def export_onnx(bundle_path: Any, out_path: str | Path, *, check: bool = True, b
     model = loaded.model
     model.to("cpu")
     model.train_mode(False)
-    module = model.onnx_module().eval()  # ConfigError if the model cannot export
+    module = model.scoring_module().eval()  # with the map normalisation; ConfigError if the model cannot export
     size = int(model.config.image_size)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,37 +111,72 @@ def _check_parity(module: torch.nn.Module, onnx_path: Path, size: int) -> dict[s
     return {"parity": "ok", **diff}
 
 
+RUNTIME_FILES = ("preprocess.py", "predict_onnx.py")  # shipped verbatim: the app's preprocessing + a scorer
+
 README = """Recon Studio model export
 =========================
 
-model.pt        the Recon Studio bundle (load with `python -m recon_core predict model.pt IMAGES...`)
-model.onnx      the scoring network as ONNX {onnx_note}
-spec.json       how the model was trained (data, model, preset, synthetic-defect design, budget, seed)
-config.json     the model configuration
-threshold.json  the decision threshold: score >= value -> reject; review_below <= score < value -> review
-metrics.json    evaluation of the run{synthetic_note}
+model.pt         the Recon Studio bundle (load with `python -m recon_core predict model.pt IMAGES...`)
+model.onnx       the scoring network as ONNX {onnx_note}
+predict_onnx.py  scores images with model.onnx and threshold.json (numpy, Pillow, OpenCV, onnxruntime only)
+preprocess.py    the app's own image preprocessing (used by predict_onnx.py): use it, or scores will differ
+spec.json        how the model was trained (data, model, preset, synthetic-defect design, budget, seed)
+config.json      the model configuration
+threshold.json   the decision threshold: score >= value -> reject; review_below <= score < value -> review
+metrics.json     the run's current evaluation and training facts
+
+Evaluation
+----------
+{evaluation}
+
+Threshold
+---------
+{threshold}
 
 Running model.onnx
 ------------------
-Input  "image": float32, shape (batch, 3, {size}, {size}), RGB, values in [0, 1] (pixel / 255),
-       NO mean/std normalisation. Resize the photo to {size}x{size} first (bilinear / area).
+    pip install numpy pillow opencv-python-headless onnxruntime
+    python predict_onnx.py part1.png part2.jpg        # CSV: path, score, verdict
+
+or from Python (in this folder):
+
+    from predict_onnx import OnnxModel
+    model = OnnxModel("model.onnx", "threshold.json")
+    print(model.predict(["part.png"]))
+
+Input  "image": float32, shape (batch, 3, {size}, {size}), RGB, values in [0, 1], NO mean/std normalisation,
+       made by preprocess.model_input(path, {size}): EXIF orientation, transparency on black, then OpenCV resize
+       (INTER_AREA when shrinking, Lanczos when enlarging). Other resize filters (PIL's default, bilinear) give
+       other scores, enough to flip verdicts near the threshold.
 Output "image_score": (batch,) float32, higher = more anomalous. Compare with threshold.json.
 Output "anomaly_map": (batch, {size}, {size}) float32, where the anomaly is.
-
-    import numpy as np, onnxruntime as ort
-    from PIL import Image
-    img = Image.open("part.png").convert("RGB").resize(({size}, {size}), Image.BILINEAR)
-    x = (np.asarray(img, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]
-    session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
-    score, amap = session.run(["image_score", "anomaly_map"], {{"image": x}})
-    print("reject" if score[0] >= {threshold} else "accept")
 """
 
 
+def _evaluation_text(metrics: dict[str, Any]) -> str:
+    from recon_core.evaluation import evaluated_on
+
+    if not metrics or "n_good" not in metrics:
+        return "No evaluation recorded."
+    figures = ", ".join(
+        f"{label} {metrics[key]:.3f}"
+        for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
+        if isinstance(metrics.get(key), int | float)
+    )
+    lines = [f"On {evaluated_on(metrics)}: {figures or 'no figures'}."]
+    if metrics.get("synthetic"):
+        lines.append("Synthetic defects only: no real defect images were available, so these figures are optimistic.")
+    lines += [f"WARNING: {w}" for w in metrics.get("warnings") or []]
+    return "\n".join(lines)
+
+
 def export_bundle_zip(run_dir: str | Path, out_zip: str | Path, *, include_onnx: bool = True) -> dict[str, Any]:
-    """Zip a run: model.pt, model.onnx (when the model supports export), spec/config/threshold/metrics JSON and a
-    README.txt on how to run the ONNX file. Returns {"path", "files", "onnx"}."""
+    """Zip a run: model.pt, model.onnx (when the model supports export) with predict_onnx.py + preprocess.py,
+    spec/config/threshold/metrics JSON and a README.txt that states the current evaluation and whether the threshold
+    is provisional. Returns {"path", "files", "onnx"}."""
     from recon_core.bundle import read_metadata
+    from recon_core.config import from_dict
+    from recon_core.metrics import Threshold, describe_threshold
 
     run_dir = Path(run_dir)
     bundle_path = run_dir / "model.pt" if run_dir.is_dir() else run_dir
@@ -157,9 +192,13 @@ def export_bundle_zip(run_dir: str | Path, out_zip: str | Path, *, include_onnx:
         "config.json": json.dumps({"model": meta["model"], **meta["config"]}, indent=2).encode(),
         "threshold.json": json.dumps(threshold, indent=2).encode(),
     }
-    for name in ("spec.json", "metrics.json"):
-        if (bundle_path.parent / name).is_file():
-            files[name] = (bundle_path.parent / name).read_bytes()
+    if (bundle_path.parent / "spec.json").is_file():
+        files["spec.json"] = (bundle_path.parent / "spec.json").read_bytes()
+    metrics: dict[str, Any] = {}
+    if (bundle_path.parent / "metrics.json").is_file():
+        metrics = json.loads((bundle_path.parent / "metrics.json").read_text())
+        metrics["threshold"] = threshold  # the bundle's threshold is the one in use (the page may have changed it)
+        files["metrics.json"] = json.dumps(metrics, indent=2).encode()
     onnx_note, exported = "(not included)", False
     if include_onnx:
         with tempfile.TemporaryDirectory() as tmp:
@@ -172,14 +211,17 @@ def export_bundle_zip(run_dir: str | Path, out_zip: str | Path, *, include_onnx:
                 exported = True
             except ConfigError as exc:
                 onnx_note = f"(not included: {exc})"
-    synthetic = False
-    if "metrics.json" in files:
-        synthetic = bool(json.loads(files["metrics.json"]).get("synthetic"))
+    if exported:
+        for name in RUNTIME_FILES:
+            files[name] = (Path(__file__).parent / name).read_bytes()
+    thr = from_dict(Threshold, threshold, where="threshold") if threshold else None
     files["README.txt"] = README.format(
         onnx_note=onnx_note,
         size=size,
-        threshold=f"{threshold['value']:.6g}" if threshold else "THRESHOLD",
-        synthetic_note=" (on synthetic defects: no real defect images were available)" if synthetic else "",
+        evaluation=_evaluation_text(metrics),
+        threshold=describe_threshold(thr)
+        if thr
+        else "None saved: set one on the Threshold page or with `python -m recon_core threshold`.",
     ).encode()
     tmp_zip = out_zip.with_name(f".{out_zip.name}.tmp")
     with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -13,16 +13,15 @@ Conventions (see notes/foundation.md):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from recon_core import preprocess
 from recon_core.errors import ConfigError, DataError, ImageError
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -178,64 +177,16 @@ def _read(path: str | os.PathLike, min_side: int = MIN_IMAGE_SIDE) -> Image.Imag
         raise ImageError(f"{shown}: permission denied") from exc
 
 
-def _to_float(img: Image.Image) -> np.ndarray:
-    """Any PIL mode -> float32 array in [0, 1], (H, W) or (H, W, 3). Transparency is composited on black."""
-    mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode == "PA":
-        img = img.convert("RGBA")
-    elif mode == "1":
-        img = img.convert("L")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        img = img.convert("RGB")
-    mode = img.mode
-    if mode in ("RGBA", "LA", "RGBa", "La"):
-        arr = np.asarray(img.convert("RGBA" if mode[0] == "R" else "LA"), dtype=np.float32) / 255.0
-        alpha = arr[..., -1:]
-        colour = arr[..., :-1] * alpha  # composite on black
-        return colour[..., 0] if colour.shape[-1] == 1 else colour
-    if mode.startswith("I;16"):
-        return np.asarray(img).astype(np.float32) / 65535.0
-    if mode == "I":
-        # 32-bit signed container; PIL uses it for 16-bit PNG/TIFF data, so values above 255 mean 16 bits
-        arr = np.asarray(img).astype(np.float64)
-        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return np.clip(arr / scale, 0, 1).astype(np.float32)
-    if mode == "F":
-        arr = np.asarray(img).astype(np.float32)
-        peak = float(np.nanmax(arr)) if arr.size else 0.0
-        scale = 1.0 if peak <= 1.0 else (255.0 if peak <= 255.0 else 65535.0)
-        return np.clip(np.nan_to_num(arr / scale), 0, 1).astype(np.float32)
-    if mode not in ("L", "RGB"):
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.float32) / 255.0
-
-
-def _resize(arr: np.ndarray, size: int | tuple[int, int] | None, nearest: bool = False) -> np.ndarray:
-    if size is None:
-        return arr
-    height, width = (size, size) if isinstance(size, int) else size
-    if arr.shape[:2] == (height, width):
-        return arr
-    if nearest:
-        interp = cv2.INTER_NEAREST_EXACT  # pixel-centre sampling (plain INTER_NEAREST is shifted)
-    elif arr.shape[0] >= height and arr.shape[1] >= width:
-        interp = cv2.INTER_AREA  # shrinking: area averaging, no aliasing
-    else:
-        interp = cv2.INTER_LANCZOS4
-    out = cv2.resize(arr, (width, height), interpolation=interp)
-    return out if nearest else np.clip(out, 0.0, 1.0)
+# the model-input preprocessing lives in preprocess.py (also shipped with every export): one implementation
+_to_float = preprocess.to_float
+_resize = preprocess.resize
 
 
 def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     """One image as float32 (H, W, 3) RGB in [0, 1], resized to size x size if given. Raises ImageError."""
     if size is not None and size < 1:
         raise ConfigError(f"image size must be positive, got {size}")
-    arr = _to_float(_read(path))
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    return np.ascontiguousarray(_resize(arr, size), dtype=np.float32)
+    return preprocess.prepare(_to_float(_read(path)), size)
 
 
 def load_mask(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> np.ndarray:
@@ -346,15 +297,10 @@ def load_folder(
 
 
 def find_duplicates(paths: list[Path] | list[str]) -> list[list[str]]:
-    """Groups of byte-identical files (kept by the loaders, reported by `data check`)."""
-    by_hash: dict[str, list[str]] = {}
-    for p in paths:
-        try:
-            digest = hashlib.sha1(Path(p).read_bytes()).hexdigest()
-        except OSError:
-            continue
-        by_hash.setdefault(digest, []).append(str(p))
-    return [group for group in by_hash.values() if len(group) > 1]
+    """Groups of byte-identical files (kept by the loaders, reported by `data check` and imports)."""
+    from recon_core.leakage import duplicate_groups  # one rule for "the same image" (notes/evaluation.md)
+
+    return duplicate_groups(paths)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def predict_images(bundle: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndar
     loaded = _as_bundle(bundle)
     model = loaded.model
     model.train_mode(False)
-    pred = model.predict(np.asarray(images, dtype=np.float32), batch_size=int(getattr(model.config, "batch_size", 8)))
+    pred = model.score(np.asarray(images, dtype=np.float32), batch_size=int(getattr(model.config, "batch_size", 8)))
     return np.asarray(pred.image_scores, dtype=np.float64), np.asarray(pred.maps, dtype=np.float32)
 
 

@@ -322,10 +322,30 @@ def _validate_spec(spec_dict: dict[str, Any]) -> None:
     from recon_core.runs import RunSpec, budget_for
 
     spec = from_dict(RunSpec, spec_dict, where="run spec")
+    if spec.model == "auto":  # a strategy over several models, checked by its own module
+        from recon_core.auto import candidate_configs, validate_auto_spec
+
+        validate_auto_spec(spec)
+        for name, config in candidate_configs(spec).items():
+            _check_memory(dataclasses.replace(spec, model=name), config)
+        return
     cls = get_model_class(spec.model)
     preset = spec.preset or cls.default_preset
-    cls.config_from_preset(preset, **spec.model_overrides)
+    config = cls.config_from_preset(preset, **spec.model_overrides)
     budget_for(spec, cls, preset)
+    _check_memory(spec, config)
+
+
+def _check_memory(spec: Any, config: Any) -> None:
+    """Refuse a batch / image size that cannot fit on the requested device, when that device is here."""
+    from recon_core.device import resolve_device
+    from recon_core.memory import check_fits
+
+    try:
+        device = resolve_device(spec.device)
+    except ConfigError:
+        return  # not on this machine: the worker checks it where it runs
+    check_fits(spec.model, config, device)
 
 
 # ---------------------------------------------------------------------------------------------------------------

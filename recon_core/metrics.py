@@ -256,7 +256,8 @@ def threshold_at_fpr(labels: Any, scores: Any, target_fpr: float) -> Threshold:
             value = float(np.nextafter(value, np.inf))
     fpr = float((good >= value).mean())
     tpr = float((s[y == 1] >= value).mean()) if (y == 1).any() else None
-    return Threshold(value, "fpr", params={"target_fpr": float(target_fpr), "fpr": fpr, "tpr": tpr})
+    params = {"target_fpr": float(target_fpr), "fpr": fpr, "tpr": tpr, "warnings": fpr_support(good.size, target_fpr)}
+    return Threshold(value, "fpr", params=params)
 
 
 def threshold_quantile(good_scores: Any, quantile: float) -> Threshold:
@@ -271,7 +272,8 @@ def threshold_quantile(good_scores: Any, quantile: float) -> Threshold:
     value = float(np.quantile(s, quantile))
     if quantile == 1:
         value = float(np.nextafter(value, np.inf))  # accept every held-out good image
-    return Threshold(value, "quantile", params={"quantile": float(quantile), "n_good": int(s.size)})
+    params = {"quantile": float(quantile), "n_good": int(s.size), "warnings": fpr_support(s.size, 1 - quantile)}
+    return Threshold(value, "quantile", params=params)
 
 
 def threshold_manual(value: float) -> Threshold:
@@ -312,3 +314,136 @@ def confusion(labels: Any, scores: Any, threshold: Threshold) -> dict[str, Any]:
         "fpr": fp / (fp + tn) if fp + tn else None,
         "accuracy": (tp + tn) / y.size if y.size else None,
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the data can support (notes/evaluation.md states these rules)
+
+RULE_OF_THREE = 3.0  # no false alarm among n goods -> false-alarm rate below 3/n with 95 % confidence
+TRUST_GOODS = 30  # held-out goods for a threshold to be trusted: 0 alarms among 30 bounds the rate below 10 %
+TRUST_DEFECTS = 10  # real defects to confirm the threshold catches them (detection rate in steps of 10 %)
+DEFAULT_MARGIN_SD = 1.0  # the default threshold: highest held-out good score + 1 standard deviation of them
+CHANCE_AUROC = 0.55  # image AUROC at or below this on real defects: no better than guessing
+
+
+def goods_needed(target_fpr: float) -> int | None:
+    """Held-out goods a false-alarm target needs before it means something (rule of three: 3 / target); None for
+    a target of 0, which no finite number of goods confirms."""
+    return None if target_fpr <= 0 else math.ceil(RULE_OF_THREE / target_fpr - 1e-9)
+
+
+def fpr_support(n_good: int, target_fpr: float) -> list[str]:
+    """Warnings when `n_good` held-out goods cannot support a false-alarm target: its resolution is 1/n (every
+    target below it gives the same threshold, just above the highest good score), and a target p is only
+    confirmed by about 3/p goods."""
+    if n_good <= 0:
+        return ["No good images in the evaluation: a false-alarm target cannot be set."]
+    out: list[str] = []
+    step = 1.0 / n_good
+    if target_fpr < step:
+        out.append(
+            f"With {n_good} held-out good images the false-alarm rate moves in steps of {step:.1%}: a target of "
+            f"{target_fpr:.1%} cannot be resolved (every target below {step:.1%} gives the same threshold, just above "
+            "the highest good score)."
+        )
+    need = goods_needed(target_fpr)
+    if need is None:
+        out.append("A 0 % target cannot be confirmed by any number of good images; expect some false alarms.")
+    elif n_good < need:
+        out.append(
+            f"A {target_fpr:.1%} target needs about {need} good images the model did not train on (rule of three: "
+            f"0 false alarms among n goods bound the rate below 3/n); there are {n_good}."
+        )
+    return out
+
+
+def provisional_reason(n_good: int, n_defect: int, synthetic: bool) -> str | None:
+    """None when the evaluation can back a threshold; else the sentence saying what would make it trustworthy."""
+    needs = []
+    if n_good < TRUST_GOODS:
+        needs.append(f"at least {TRUST_GOODS} held-out good images the run did not train on (there are {n_good})")
+    if synthetic or n_defect == 0:
+        needs.append(f"at least {TRUST_DEFECTS} real defect images (the evaluation used synthetic defects)")
+    elif n_defect < TRUST_DEFECTS:
+        needs.append(f"at least {TRUST_DEFECTS} real defect images (there are {n_defect})")
+    if not needs:
+        return None
+    return "Provisional threshold: it becomes trustworthy with " + " and ".join(needs) + "."
+
+
+def annotate(thr: Threshold, labels: Any, synthetic: bool) -> Threshold:
+    """Record what the threshold was set on (counts, synthetic or real) and whether it is provisional."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    n_good, n_defect = int((y == 0).sum()), int((y == 1).sum())
+    params = {**thr.params, "n_good": n_good, "n_defect": n_defect, "synthetic": bool(synthetic)}
+    reason = provisional_reason(n_good, n_defect, synthetic)
+    params.pop("provisional", None)
+    if reason:
+        params["provisional"] = reason
+    return Threshold(thr.value, thr.method, thr.review_below, params)
+
+
+def threshold_good_margin(good_scores: Any, margin_sd: float = DEFAULT_MARGIN_SD) -> Threshold:
+    """The highest good score + `margin_sd` standard deviations of the good scores (just above the highest when
+    there is only one): every held-out good is accepted, with room for goods a little worse than those seen."""
+    s = np.asarray(good_scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ReconError("threshold: the default threshold needs scores of good images the run did not train on")
+    if not np.all(np.isfinite(s)):
+        raise ReconError("threshold: good scores contain NaN or infinite values")
+    spread = float(np.std(s, ddof=1)) if s.size > 1 else 0.0
+    value = float(np.nextafter(s.max() + margin_sd * spread, np.inf))
+    return Threshold(value, "good-margin", params={"margin_sd": margin_sd, "highest_good": float(s.max())})
+
+
+def default_threshold(labels: Any, scores: Any, synthetic: bool) -> Threshold:
+    """A new run's threshold: best F1 when the evaluation has REAL defects; otherwise from the held-out goods only
+    (`threshold_good_margin`), because synthetic defects say nothing about where real ones score. Annotated."""
+    y, s = _labels_scores(labels, scores)
+    if not synthetic and _two_classes(y):
+        thr = threshold_f1(y, s)
+        basis = "best F1 on real defect images"
+    else:
+        thr = threshold_good_margin(s[y == 0])
+        basis = f"highest held-out good score + {DEFAULT_MARGIN_SD:g} standard deviation of the good scores"
+    thr = annotate(thr, y, synthetic)
+    thr.params.update(default=True, basis=basis)
+    return thr
+
+
+THRESHOLD_METHODS = {
+    "good-margin": "held-out goods + margin",
+    "f1": "best F1",
+    "fpr": "target false-alarm rate",
+    "quantile": "quantile of good scores",
+    "roc": "ROC point",
+    "manual": "by hand",
+}
+
+
+def describe_threshold(thr: Threshold | None) -> str:
+    """One line for pages, CLI output and export READMEs: value, method, what it was set on, provisional."""
+    if thr is None:
+        return "no threshold"
+    p = thr.params or {}
+    text = f"{thr.value:.5f} ({THRESHOLD_METHODS.get(thr.method, thr.method)}"
+    if p.get("default"):
+        text += ", default"
+    text += ")"
+    if "n_good" in p:
+        kind = "synthetic" if p.get("synthetic") else "real"
+        text += f", set on {p['n_good']} good / {p.get('n_defect', 0)} {kind} defect images"
+    if thr.review_below is not None:
+        text += f", review from {thr.review_below:.5f}"
+    if p.get("provisional"):
+        text += ". " + str(p["provisional"])
+    return text
+
+
+def auroc_interval(auroc: float, n_defect: int, n_good: int, z: float = 1.96) -> tuple[float, float]:
+    """Approximate 95 % interval of an AUROC from its counts (Hanley & McNeil 1982 standard error)."""
+    a = min(max(float(auroc), 1e-6), 1 - 1e-6)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_defect - 1) * (q1 - a * a) + (n_good - 1) * (q2 - a * a)) / max(1, n_defect * n_good)
+    se = math.sqrt(max(var, 0.0))
+    return max(0.0, auroc - z * se), min(1.0, auroc + z * se)

@@ -55,6 +55,8 @@ class RunSpec:
     # named defect images of the data's test split to train with instead of a seeded choice of `labelled_defects`
     # (paths, absolute or relative to the data folder); like those, they leave the evaluation
     labelled_defect_files: list[str] = field(default_factory=list)
+    # files left out of training and evaluation (model "auto" holds them out to choose the model on)
+    exclude_paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # refused here (so `jobs submit` refuses at once) rather than as a ValueError deep inside the worker
@@ -173,6 +175,22 @@ def _take_labelled(
     return rest, test.images[chosen], masks, [test.paths[i] for i in chosen]
 
 
+def _without(images: Any, paths: list[str]) -> Any:
+    """An ImageSet or TestSet without the images whose path is in `paths` (same order otherwise)."""
+    if images is None or not paths:
+        return images
+    drop = set(paths)
+    keep = np.array([i for i, p in enumerate(images.paths) if p not in drop], dtype=int)
+    changes: dict[str, Any] = {"images": images.images[keep], "paths": [images.paths[i] for i in keep]}
+    if hasattr(images, "labels"):
+        changes.update(
+            labels=np.asarray(images.labels)[keep],
+            masks=images.masks[keep],
+            defect_types=[images.defect_types[i] for i in keep],
+        )
+    return dataclasses.replace(images, **changes)
+
+
 def _holdout(train: Any, seed: int) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
     """Split a plain folder's images into (train images, paths, held-out images, paths) for evaluation."""
     n = len(train.paths)
@@ -223,16 +241,24 @@ def write_heatmaps(result: Any, out_dir: Path, limit: int = MAX_HEATMAPS) -> lis
 
 
 def _default_threshold(result: Any) -> Any:
-    """F1-optimal threshold on the evaluation (real or synthetic), so predict gives verdicts right away; the
-    Threshold page / `threshold` command replace it."""
-    from recon_core.metrics import threshold_f1
+    """metrics.default_threshold on the evaluation (from held-out goods unless there are real defects), so predict
+    gives verdicts right away; marked provisional while the data cannot back it. The Threshold page / `threshold`
+    command replace it."""
+    from recon_core.metrics import default_threshold
 
     try:
-        thr = threshold_f1(result.labels, result.scores)
+        return default_threshold(result.labels, result.scores, bool(result.synthetic))
     except ReconError:
         return None
-    thr.params = {**thr.params, "synthetic": bool(result.synthetic), "default": True}
-    return thr
+
+
+def _record_leak_check(run_dir: Path, m: dict[str, Any]) -> None:
+    """data.json says honestly whether the evaluation used training images (compared by content)."""
+    path = run_dir / "data.json"
+    data = json.loads(path.read_text())
+    for key in ("evaluation_goods_seen_in_training", "excluded_training_images"):
+        data[key] = m.get(key)
+    save_json(path, data)
 
 
 def execute_run(
@@ -245,14 +271,21 @@ def execute_run(
 ) -> RunResult:
     from recon_core import bundle as bundle_mod
     from recon_core.device import configure_cpu_threads, describe_device, resolve_device
-    from recon_core.evaluation import evaluate_bundle, save_eval
+    from recon_core.evaluation import evaluate_bundle, evaluated_on, save_eval
     from recon_core.images import TestSet, load_dataset
+    from recon_core.leakage import digests
+    from recon_core.memory import check_fits
     from recon_core.models import get_model_class
+    from recon_core.normalisation import calibrate as calibrate_normalisation
     from recon_core.seeding import seeded_model
     from recon_core.train import fit
 
     if not isinstance(spec, RunSpec):
         raise ConfigError(f"execute_run: expected a RunSpec, got {type(spec).__name__}")
+    if spec.model == "auto":  # a run-level strategy: trains candidate models through this function
+        from recon_core.auto import run_auto
+
+        return run_auto(spec, run_dir, progress=progress, should_stop=should_stop, resume=resume)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _attach_log(run_dir)
@@ -268,10 +301,16 @@ def execute_run(
         device = resolve_device(spec.device)
         if device.type == "cpu":
             configure_cpu_threads()
+        needs = check_fits(spec.model, config, device)  # refuse what cannot fit before loading any data
+        if needs is not None:
+            log.info("memory: %s", needs.describe())
         data_path = resolve_data_path(spec.data)
         log.info("run %s: model %s preset %s on %s, data %s", run_dir.name, spec.model, preset, device, data_path)
 
         dataset = load_dataset(data_path, config.image_size, shots=spec.shots, seed=spec.seed)
+        if spec.exclude_paths:
+            dataset.train = _without(dataset.train, spec.exclude_paths)
+            dataset.test = _without(dataset.test, spec.exclude_paths)
         test = dataset.test
         train_images, train_paths = dataset.train.images, list(dataset.train.paths)
         labelled_paths: list[str] = []
@@ -290,6 +329,7 @@ def execute_run(
             {
                 "root": str(data_path),
                 "train": train_paths,
+                "train_sha256": digests(train_paths + labelled_paths),  # leakage: content, not paths
                 "held_out_goods": held_paths if held_paths != train_paths else [],
                 "evaluation_goods_seen_in_training": test is None and held_paths == train_paths,
                 "labelled_defects": labelled_paths,
@@ -324,7 +364,11 @@ def execute_run(
             loss_log_path=run_dir / "losses.csv",
         )
         model.synth_config = spec.synth
-        loaded = bundle_mod.LoadedBundle(model, spec.synth, None, {}, None, str(run_dir / "model.pt"))
+        # scores relative to the goods' maps, if that helps on synthetic validation (training goods only)
+        model.normaliser, norm_figures = calibrate_normalisation(model, train_images, spec.synth)
+        log.info("map normalisation: %s (validation %s)", getattr(model.normaliser, "mode", "none"), norm_figures)
+        facts = {"preset": preset, "iterations": summary.iterations}  # for the evaluation's under-training check
+        loaded = bundle_mod.LoadedBundle(model, spec.synth, None, facts, None, str(run_dir / "model.pt"))
         eval_set = test
         if test is None:  # a plain folder: held-out goods (+ synthetic defects, added by evaluate_bundle)
             eval_set = TestSet(
@@ -335,8 +379,9 @@ def execute_run(
                 paths=held_paths,
                 defect_types=["good"] * len(held_paths),
             )
-        result = evaluate_bundle(loaded, eval_set)
+        result = evaluate_bundle(loaded, eval_set)  # leaves out copies of the training files (data.json digests)
         save_eval(result, run_dir / "eval")
+        _record_leak_check(run_dir, result.metrics)
         threshold = _default_threshold(result)
         metadata = {
             "data": str(data_path),
@@ -364,7 +409,11 @@ def execute_run(
             "n_train": len(train_images),
             "device": describe_device(device),
             "threshold": None if threshold is None else to_dict(threshold),
+            "normalisation": getattr(model.normaliser, "mode", "none"),
+            "normalisation_validation": norm_figures,
             "wall_seconds": round(time.time() - started, 2),
+            "evaluation": "eval",
+            "evaluated_on": evaluated_on(result.metrics),
         }
         save_json(run_dir / "metrics.json", metrics)
         write_heatmaps(result, run_dir / "heatmaps")

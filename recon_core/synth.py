@@ -22,73 +22,151 @@ import cv2
 import numpy as np
 
 from recon_core.errors import ConfigError, ImageError
+from recon_core.foreground import FOREGROUND_MODES, Foreground, estimate_foreground
+from recon_core.knobs import check, knob
 
-TEXTURE_SOURCES = ("bundled", "folder", "noise")
+TEXTURE_SOURCES = ("bundled", "folder", "noise", "self")  # self: patches of the product's own good images
 MAX_SCALE_EXPONENT = 7  # 2**7 = 128 cells per axis at most
 MAX_FOLDER_TEXTURES = 128  # a texture folder is sampled (seeded) down to this many, to bound memory and start-up
 NOISE_TEXTURES = 16  # size of the generated pool for texture_source="noise"
 EMPTY_MASK_RETRIES = 4
+SELF_PATCH_SHARE = (0.25, 0.75)  # texture_source "self": patch side, share of the image side
+N_AUGMENTATIONS = 10  # len(AUGMENTATIONS) below (asserted there); the upper bound of texture_augmentations
+MAX_SEED = 2**32 - 1  # also what a number box in the browser can hold exactly
 OUTLINE_COLOUR = (255, 0, 255)  # magenta: rare in product photos
+FOREGROUND_COLOUR = (0, 255, 255)  # cyan outline of the foreground in the preview
+BACKGROUND_DIM = 0.4  # the preview darkens what is outside the foreground to this share
 
 
 @dataclass
 class SynthConfig:
-    perlin_scale_min: int = 0
-    perlin_scale_max: int = 5
-    threshold: float = 0.5
-    rotate_noise: bool = True
-    opacity_min: float = 0.2
-    opacity_max: float = 1.0
-    defect_probability: float = 0.5
-    texture_source: str = "bundled"  # "bundled" | "folder" | "noise"
-    texture_dir: str | None = None
-    texture_augmentations: int = 3
-    rotate_good_probability: float = 0.0
-    rotate_good_degrees: float = 90.0
-    seed: int = 0
-    # share of the defects that are transplanted real ones when the run has labelled defects (recon_core.defect_bank)
-    real_defect_share: float = 0.5
-    # share of DRAEM's / DSR's training samples that are the labelled defect images themselves (their masks as targets)
-    real_image_share: float = 0.1
+    """The defect generator's knobs. Each is declared once here (range, default, help); the CLI options
+    (`synth preview`), the designer's sliders and the validation are generated from these declarations."""
+
+    perlin_scale_min: int = knob(
+        0,
+        "smallest Perlin scale exponent k (2**k blobs per axis)",
+        lo=0,
+        hi=MAX_SCALE_EXPONENT,
+        upper="perlin_scale_max",
+        label="Perlin scale range (2^k blobs per axis)",
+        group="Defect shape (Perlin noise)",
+    )
+    perlin_scale_max: int = knob(
+        5, "largest Perlin scale exponent k", lo=0, hi=MAX_SCALE_EXPONENT, group="Defect shape (Perlin noise)"
+    )
+    threshold: float = knob(
+        0.5,
+        "noise threshold for the mask (higher = smaller defects)",
+        lo=-1.0,
+        hi=0.99,
+        step=0.01,
+        label="Mask threshold (higher = smaller defects)",
+        group="Defect shape (Perlin noise)",
+    )
+    rotate_noise: bool = knob(
+        True,
+        "rotate the Perlin noise by a random angle in +-90 degrees",
+        label="Rotate the noise",
+        group="Defect shape (Perlin noise)",
+    )
+    opacity_min: float = knob(
+        0.2,
+        "smallest texture weight inside the mask",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        upper="opacity_max",
+        label="Opacity range (texture weight inside the mask)",
+        group="Appearance",
+    )
+    opacity_max: float = knob(1.0, "largest texture weight inside the mask", lo=0.0, hi=1.0, step=0.05)
+    defect_probability: float = knob(
+        0.5,
+        "share of training samples that get a defect",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        label="Defect probability",
+        group="Training mix",
+    )
+    texture_source: str = knob(
+        "bundled",
+        "where textures come from",
+        choices=TEXTURE_SOURCES,
+        label="Texture source",
+        group="Appearance",
+    )
+    texture_dir: str | None = knob(
+        None, "folder of texture images (searched recursively) for texture source 'folder'", widget="none"
+    )
+    texture_augmentations: int = knob(
+        3,
+        "how many random augmentations each texture gets",
+        lo=0,
+        hi=N_AUGMENTATIONS,
+        label="Texture augmentations",
+        group="Appearance",
+    )
+    rotate_good_probability: float = knob(
+        0.0,
+        "probability of rotating the good image itself",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        label="Rotate good images: probability",
+        group="Training mix",
+    )
+    rotate_good_degrees: float = knob(
+        90.0,
+        "rotation range (+-degrees) of the good image",
+        lo=0.0,
+        hi=180.0,
+        step=5.0,
+        label="Rotate good images: ± degrees",
+        group="Training mix",
+    )
+    seed: int = knob(0, "random seed", lo=0, hi=MAX_SEED, widget="number", label="Seed", group="Training mix")
+    thin_probability: float = knob(
+        0.0,
+        "share of defects drawn as thin scratches/cracks (1-3 px wide at 256 px) instead of Perlin blobs",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        label="Thin defects (scratches): share",
+        group="Defect shape (Perlin noise)",
+    )
+    real_defect_share: float = knob(
+        0.5,
+        "share of the defects that are transplanted real ones when training has labelled defects (DRAEM, DSR)",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        label="Real defects: share of the defects transplanted from them",
+        group="Real defects (when the project has some for training)",
+    )
+    real_image_share: float = knob(
+        0.1,
+        "share of DRAEM's / DSR's training samples that are the labelled defect images themselves",
+        lo=0.0,
+        hi=0.5,
+        step=0.05,
+        label="Real defects: share of samples shown as they are",
+        group="Real defects (when the project has some for training)",
+    )
+    foreground: str = knob(
+        "auto",
+        "where defects go: auto (a product on a plain background gets defects only on itself, textures anywhere; "
+        "decided from the goods) | on (only on the product) | off (anywhere in the image)",
+        choices=FOREGROUND_MODES,
+        label="Where defects go",
+        group="Appearance",
+    )
 
     def __post_init__(self) -> None:
-        def number(name: str, lo: float, hi: float, integer: bool = False) -> None:
-            value = getattr(self, name)
-            kinds = (int,) if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kinds) or isinstance(value, complex):
-                raise ConfigError(f"synth.{name}: expected {'an integer' if integer else 'a number'}, got {value!r}")
-            if not (lo <= value <= hi) or (not integer and math.isnan(value)):
-                raise ConfigError(f"synth.{name}: {value!r} is outside [{lo}, {hi}]")
-
-        number("perlin_scale_min", 0, MAX_SCALE_EXPONENT, integer=True)
-        number("perlin_scale_max", 0, MAX_SCALE_EXPONENT, integer=True)
-        if self.perlin_scale_min > self.perlin_scale_max:
-            raise ConfigError(
-                f"synth.perlin_scale_min ({self.perlin_scale_min}) must not exceed perlin_scale_max "
-                f"({self.perlin_scale_max})"
-            )
-        number("threshold", -1.0, 0.99)
-        number("opacity_min", 0.0, 1.0)
-        number("opacity_max", 0.0, 1.0)
-        if self.opacity_min > self.opacity_max:
-            raise ConfigError(
-                f"synth.opacity_min ({self.opacity_min}) must not exceed opacity_max ({self.opacity_max})"
-            )
-        number("defect_probability", 0.0, 1.0)
-        number("texture_augmentations", 0, len(AUGMENTATIONS), integer=True)
-        number("rotate_good_probability", 0.0, 1.0)
-        number("rotate_good_degrees", 0.0, 180.0)
-        number("seed", 0, 2**63 - 1, integer=True)
-        number("real_defect_share", 0.0, 1.0)
-        number("real_image_share", 0.0, 0.5)
-        if not isinstance(self.rotate_noise, bool):
-            raise ConfigError(f"synth.rotate_noise: expected true/false, got {self.rotate_noise!r}")
-        if self.texture_source not in TEXTURE_SOURCES:
-            raise ConfigError(f"synth.texture_source: {self.texture_source!r} is not one of {list(TEXTURE_SOURCES)}")
+        check(self, "synth")
         if self.texture_source == "folder" and not self.texture_dir:
             raise ConfigError("synth.texture_dir: texture_source 'folder' needs a texture_dir")
-        if self.texture_dir is not None and not isinstance(self.texture_dir, str):
-            raise ConfigError(f"synth.texture_dir: expected text, got {self.texture_dir!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -216,6 +294,7 @@ AUGMENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]
     "rotation": _rotate,
 }
 _AUG_LIST = list(AUGMENTATIONS.values())
+assert len(AUGMENTATIONS) == N_AUGMENTATIONS  # the declared bound of SynthConfig.texture_augmentations
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,17 +369,74 @@ def _noise_pool(size: int, seed: int) -> np.ndarray:
     return pool
 
 
+def scratch_mask(
+    rng: np.random.Generator, height: int, width: int, allowed: np.ndarray | None = None
+) -> np.ndarray | None:
+    """A thin-defect mask (float32 (H, W) {0, 1}): 1-3 wandering polylines, 1-3 px wide at 256 px (scaled), starting
+    inside `allowed` and clipped to it. None when nothing is left (the caller falls back to a Perlin blob)."""
+    side = min(height, width)
+    if allowed is not None:
+        ys, xs = np.nonzero(allowed)
+        if not len(ys):
+            return None
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        if allowed is not None:
+            k = int(rng.integers(len(ys)))
+            points = [(float(xs[k]), float(ys[k]))]
+        else:
+            points = [(rng.uniform(0, width - 1), rng.uniform(0, height - 1))]
+        angle = rng.uniform(0, 2 * math.pi)
+        for _ in range(int(rng.integers(2, 6))):
+            angle += rng.normal(0, 0.5)
+            step = rng.uniform(0.04, 0.15) * side
+            x, y = points[-1]
+            points.append(
+                (
+                    min(max(x + step * math.cos(angle), 0), width - 1),
+                    min(max(y + step * math.sin(angle), 0), height - 1),
+                )
+            )
+        thickness = max(1, round(int(rng.integers(1, 4)) * side / 256))
+        cv2.polylines(mask, [np.array(points, np.int32)], False, 1, thickness)
+    if allowed is not None:
+        mask &= allowed.astype(np.uint8)
+    return mask.astype(np.float32) if mask.any() else None
+
+
+def _patch(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random square patch of a good image, flipped / turned at random, stretched back to the image size: the
+    product's own material, out of place (texture_source "self")."""
+    h, w = image.shape[:2]
+    side = max(2, int(min(h, w) * rng.uniform(*SELF_PATCH_SHARE)))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    patch = np.rot90(image[y : y + side, x : x + side], int(rng.integers(4)))
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    return cv2.resize(np.ascontiguousarray(patch), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Generator
 
 
 class DefectGenerator:
     """Makes (augmented, mask, has_defect) batches from good images. Seed through the rng passed to each call.
-    With a `bank` (recon_core.defect_bank.DefectBank of the run's labelled defects), config.real_defect_share of the
-    defects are transplanted real ones instead of Perlin ones."""
+
+    `goods` (the training good images, (N, H, W, 3) in [0, 1]) feed the foreground estimate (config.foreground)
+    and texture_source "self"; without them defects may land anywhere. `foreground` overrides the estimate.
+    With a `bank` (recon_core.defect_bank.DefectBank of the run's labelled defects), config.real_defect_share of
+    the defects are transplanted real ones, on the foreground like the others."""
 
     def __init__(
-        self, config: SynthConfig, image_size: int, textures: np.ndarray | None = None, *, bank: Any = None
+        self,
+        config: SynthConfig,
+        image_size: int,
+        textures: np.ndarray | None = None,
+        *,
+        goods: np.ndarray | None = None,
+        foreground: Foreground | None = None,
+        bank: Any = None,
     ) -> None:
         if not isinstance(config, SynthConfig):
             raise ConfigError(f"expected a SynthConfig, got {type(config).__name__}")
@@ -310,6 +446,16 @@ class DefectGenerator:
         self.image_size = int(image_size)
         self.bank = bank
         self._pools: dict[tuple[int, int], np.ndarray] = {}
+        if foreground is None:
+            if goods is not None and len(goods):
+                foreground = estimate_foreground(goods, config.foreground)
+            else:
+                foreground = Foreground(False, reason="no good images given: whole image")
+        self.foreground = foreground
+        if textures is None and config.texture_source == "self":
+            if goods is None or not len(goods):
+                raise ConfigError("synth.texture_source 'self' needs the good images (none were given)")
+            textures = goods
         if textures is not None:
             textures = np.asarray(textures)
             if textures.ndim != 4 or textures.shape[-1] != 3 or len(textures) == 0:
@@ -351,17 +497,25 @@ class DefectGenerator:
             noise = cv2.warpAffine(noise, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         return noise[:height, :width]
 
-    def _one_mask(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    def _one_mask(
+        self, rng: np.random.Generator, height: int, width: int, allowed: np.ndarray | None = None
+    ) -> np.ndarray:
+        """A binary Perlin mask, never empty; inside `allowed` (bool (H, W), the foreground) when given."""
         side = _next_pow2(max(height, width))  # generate at the next power of two, then crop
         noise = None
         for _ in range(EMPTY_MASK_RETRIES + 1):
             noise = self._one_noise(side, rng, height, width)
             mask = noise > self.config.threshold
+            if allowed is not None:
+                mask &= allowed
             if mask.any():
                 return mask.astype(np.float32)
-        # Still empty (threshold near the noise's maximum): take the blob around the noise peak (top 2%).
-        cut = np.quantile(noise, 0.98)
-        mask = noise >= cut
+        # Still empty (threshold near the noise's maximum, or a small foreground): take the blob around the
+        # noise peak (top 2%) of the allowed region.
+        values = noise if allowed is None else noise[allowed]
+        mask = noise >= np.quantile(values, 0.98)
+        if allowed is not None:
+            mask &= allowed
         return mask.astype(np.float32)
 
     def perlin_masks(self, n: int, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
@@ -380,6 +534,8 @@ class DefectGenerator:
     def _texture(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         pool = self._pool(height, width)
         tex = pool[int(rng.integers(len(pool)))]
+        if self.config.texture_source == "self":
+            tex = _patch(tex, rng)
         count = self.config.texture_augmentations
         if count:
             for idx in rng.choice(len(_AUG_LIST), size=count, replace=False):
@@ -412,13 +568,18 @@ class DefectGenerator:
                 out[i] = self._rotate_good(out[i], rng)
             if not (force_defect or rng.random() < cfg.defect_probability):
                 continue
+            allowed = self.foreground.mask(out[i]) if self.foreground.enabled else None
             if self.bank is not None and rng.random() < cfg.real_defect_share:
-                pasted = self.bank.paste(out[i], rng)
+                pasted = self.bank.paste(out[i], rng, allowed)
                 if pasted is not None:
                     out[i], masks[i] = pasted
                     has_defect[i] = True
                     continue
-            mask = self._one_mask(rng, height, width)
+            mask = None
+            if cfg.thin_probability > 0 and rng.random() < cfg.thin_probability:
+                mask = scratch_mask(rng, height, width, allowed)
+            if mask is None:
+                mask = self._one_mask(rng, height, width, allowed)
             tex = self._texture(rng, height, width).astype(np.float32)
             tex *= np.float32(1 / 255)
             opacity = np.float32(rng.uniform(cfg.opacity_min, cfg.opacity_max))
@@ -439,11 +600,17 @@ class DefectGenerator:
 
 
 def preview(
-    images: np.ndarray, config: SynthConfig, n: int = 8, *, force_defect: bool = True, bank: Any = None
+    images: np.ndarray,
+    config: SynthConfig,
+    n: int = 8,
+    *,
+    force_defect: bool = True,
+    foreground: Foreground | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """n augmented samples of `images` (cycled in a seeded order) and their masks, seeded by config.seed.
     Every preview sample gets a defect by default (the designer wants to see defects); pass force_defect=False
-    to honour defect_probability. With a `bank` (DefectBank), transplanted real defects appear as in training."""
+    to honour defect_probability. `foreground`: the product region estimate to use (default: estimated from
+    `images` as config.foreground says)."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 3:
         images = images[None]
@@ -454,14 +621,21 @@ def preview(
     rng = np.random.default_rng(config.seed)
     pick = rng.permutation(len(images))
     chosen = images[np.resize(pick, n)]
-    # cheap: texture pools are cached per source and size
-    generator = DefectGenerator(config, images.shape[1], bank=bank)
+    # cheap: texture pools are cached per source and size; the foreground is estimated from all the images given
+    generator = DefectGenerator(config, images.shape[1], goods=images, foreground=foreground)
     augmented, masks, _ = generator.augment(chosen, rng, force_defect=force_defect)
     return augmented, masks
 
 
-def preview_grid(augmented: np.ndarray, masks: np.ndarray, columns: int = 4, gap: int = 2) -> np.ndarray:
-    """A uint8 (H, W, 3) grid of the samples with each mask's outline drawn in magenta."""
+def preview_grid(
+    augmented: np.ndarray,
+    masks: np.ndarray,
+    columns: int = 4,
+    gap: int = 2,
+    foregrounds: np.ndarray | None = None,
+) -> np.ndarray:
+    """A uint8 (H, W, 3) grid of the samples with each mask's outline drawn in magenta. With `foregrounds`
+    ((N, H, W) bool), what lies outside the foreground is darkened and the foreground outlined in cyan."""
     augmented = np.asarray(augmented)
     n, height, width = augmented.shape[:3]
     columns = max(1, min(columns, n))
@@ -470,6 +644,11 @@ def preview_grid(augmented: np.ndarray, masks: np.ndarray, columns: int = 4, gap
     thickness = max(1, height // 128)
     for i in range(n):
         tile = np.ascontiguousarray(np.clip(augmented[i] * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        if foregrounds is not None and not np.all(foregrounds[i]):
+            fg = np.asarray(foregrounds[i], bool)
+            tile[~fg] = (tile[~fg] * BACKGROUND_DIM).astype(np.uint8)
+            outline, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(tile, outline, -1, FOREGROUND_COLOUR, thickness)
         mask = (np.asarray(masks[i]) > 0.5).astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(tile, contours, -1, OUTLINE_COLOUR, thickness)

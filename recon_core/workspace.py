@@ -286,24 +286,49 @@ def split_counts(n: int, share: float = HOLDOUT_SHARE, minimum: int = HOLDOUT_MI
 
 
 def split(project: Project, *, seed: int | None = None, share: float | None = None) -> dict[str, int]:
-    """(Re)make data/train/good and data/test/good from goods/ with a seeded permutation. Deterministic."""
+    """(Re)make data/train/good and data/test/good from goods/. Deterministic (seeded) and STABLE: an image keeps
+    its side when images are added or removed, so a finished run's training images never become held-out ones
+    (its evaluation would otherwise judge it on images it learnt). New images fill the held-out quota first
+    (seeded order); a byte-identical copy of an image goes to that image's side. Only a new seed or share
+    reshuffles everything (runs then leave their own training files out of their evaluation, see leakage.py)."""
+    from recon_core.leakage import file_digest
+
     meta = project.meta()
-    seed = int(meta.get("seed", 0) if seed is None else seed)
-    share = float(meta.get("holdout", HOLDOUT_SHARE) if share is None else share)
+    old_seed, old_share = int(meta.get("seed", 0)), float(meta.get("holdout", HOLDOUT_SHARE))
+    seed = old_seed if seed is None else int(seed)
+    share = old_share if share is None else float(share)
     if not 0.0 <= share < 1.0:
         raise ConfigError(f"held-out share must be in [0, 1), got {share}")
     goods = project.goods()
     n_test = split_counts(len(goods), share)
-    order = np.random.default_rng(seed).permutation(len(goods))
-    test = {goods[i].name for i in order[:n_test]}
+    side: dict[str, str] = {}
+    if (seed, share) == (old_seed, old_share):  # keep the current split (the folders are its record)
+        side.update((p.name, "train") for p in project.train_goods())
+        side.update((p.name, "test") for p in project.test_goods())
+    digest = {p.name: file_digest(p) for p in goods}
+    side_of_digest = {digest[n]: v for n, v in side.items() if n in digest and digest[n] is not None}
+    kept = {p.name: side[p.name] for p in goods if p.name in side}
+    new = [p.name for p in goods if p.name not in side]
+    order = np.random.default_rng(seed).permutation(len(new))
+    quota = n_test - sum(v == "test" for v in kept.values())
+    for i in order:
+        name = new[i]
+        twin = side_of_digest.get(digest[name]) if digest[name] is not None else None
+        kept[name] = twin or ("test" if quota > 0 else "train")
+        quota -= kept[name] == "test"
+        if digest[name] is not None:
+            side_of_digest.setdefault(digest[name], kept[name])
+    if len(goods) > 1 and all(v == "test" for v in kept.values()):  # never leave nothing to train on
+        kept[goods[0].name] = "train"
     for folder in (project.train_dir, project.test_good_dir):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
     for path in goods:
-        shutil.copy2(path, (project.test_good_dir if path.name in test else project.train_dir) / path.name)
+        shutil.copy2(path, (project.test_good_dir if kept[path.name] == "test" else project.train_dir) / path.name)
     meta.update(seed=seed, holdout=share)
     project.save_meta(meta)
-    return {"train": len(goods) - n_test, "held_out": n_test}
+    n_held = sum(v == "test" for v in kept.values())
+    return {"train": len(goods) - n_held, "held_out": n_held}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -558,9 +583,14 @@ def import_folder(project: Project, folder: str | os.PathLike, *, max_defects: i
 def _finish_import(project: Project, report: ImportReport) -> None:
     from recon_core.images import find_duplicates
 
-    dups = find_duplicates(project.goods())
+    dups = find_duplicates(project.goods() + [img for img, _ in project.defects()])
     for group in dups:
-        report.notes.append("identical files: " + ", ".join(Path(p).name for p in group))
+        report.notes.append(
+            "identical files: "
+            + ", ".join(Path(p).name for p in group)
+            + " (byte-identical: the same image under several names). Copies are kept on the same side of the "
+            "split and runs leave their training images out of their evaluation; remove the extra copies."
+        )
     _record(project, report)
     split(project)
 
@@ -635,6 +665,7 @@ def remove_defect(project: Project, name: str) -> None:
     target.unlink()
     (project.mask_dir / f"{target.stem}_mask.png").unlink(missing_ok=True)
 
+
 def save_textures(project: Project, files: list[tuple[str, bytes]]) -> ImportReport:
     """Uploaded texture images (or a zip of them) into <project>/textures for texture_source 'folder'."""
     report = ImportReport()
@@ -677,11 +708,6 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     return row
 
 
-def eval_cache(run_dir: Path) -> Path:
-    """Where the app caches its evaluation of a run on the project's current test images."""
-    return Path(run_dir) / "eval_app"
-
-
 INSPECT_KEEP = 48  # images whose heat maps are kept with a run's last inspection (all rows are kept)
 
 
@@ -720,6 +746,7 @@ def load_inspection(
         return float(saved["time"]), list(saved["rows"]), maps, images
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
 
 def synth_to_dict(config: SynthConfig) -> dict[str, Any]:
     return to_dict(config)

@@ -89,8 +89,8 @@ def test_designer_preview_follows_sliders(workspace: Path) -> None:
 
     before = area()
     assert at.button(key="save_design").disabled  # nothing changed yet
-    at.slider(key="mask_threshold").set_value(0.8)
-    at.slider(key="opacity").set_value((0.6, 0.9))
+    at.slider(key="synth_threshold").set_value(0.8)
+    at.slider(key="synth_opacity").set_value((0.6, 0.9))
     at.run()
     assert not at.exception
     assert area() != before  # the preview was re-made with the new mask threshold
@@ -104,14 +104,105 @@ def test_designer_preview_follows_sliders(workspace: Path) -> None:
     )
 
 
+def test_designer_widgets_equal_the_synth_declaration() -> None:
+    """Each slider's range and each option list is SynthConfig's declared one (they used to disagree: mask threshold
+    0.05-0.95 on the page vs -1-0.99 in the engine, Perlin scale 0-6 vs 0-7)."""
+    from recon_core.knobs import knobs_of
+    from recon_core.synth import SynthConfig
+
+    at = run_page("2_designer.py")
+    seen = set()
+    for name, k in knobs_of(SynthConfig).items():
+        key = "synth_" + name.removesuffix("_min")
+        if k.widget == "none" or name in {"perlin_scale_max", "opacity_max"}:
+            continue
+        if k.kind is bool:
+            widget = at.checkbox(key=key)
+        elif k.choices:
+            widget = at.radio(key=key)
+            assert len(widget.options) == len(k.choices) and widget.value in k.choices  # options show labels
+        elif k.widget == "number":
+            widget = at.number_input(key=key)
+            assert (widget.min, widget.max) == (k.lo, k.hi)
+        else:
+            widget = at.slider(key=key)
+            assert (widget.min, widget.max) == (k.lo, k.hi), name
+        assert widget.help == k.help
+        seen.add(name)
+    assert len(seen) == 12  # every knob but texture_dir (drawn by the page) and the pairs' upper ends
+
+
+def test_designer_shows_and_switches_the_product_region() -> None:
+    at = run_page("2_designer.py")
+
+    def region() -> str:
+        return next(c.value for c in at.caption if c.value.startswith("Product region:"))
+
+    assert at.radio(key="synth_foreground").value == "auto"
+    assert region().startswith("Product region: auto")
+    at.radio(key="synth_foreground").set_value("on")
+    at.run()
+    assert not at.exception
+    assert region().startswith("Product region: on:")
+    at.radio(key="synth_foreground").set_value("off")
+    at.run()
+    assert region().startswith("Product region: off")
+    at.radio(key="synth_texture_source").set_value("self")
+    at.run()
+    assert not at.exception and not at.error
+
+
 def test_train_page_renders_and_switches_budget() -> None:
     at = run_page("3_train.py")
-    assert at.selectbox(key="train_model").options == ["DRAEM", "DSR"]
+    assert at.selectbox(key="train_model").options == ["DRAEM", "DSR", "AUTO"]
     assert "Runs" in texts(at)
     at.radio(key="budget_kind").set_value("iterations")
     at.run()
     assert not at.exception
     assert at.number_input(key="budget_iterations").value == 500
+
+
+def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AUTO says what it trains and chooses on; a finished auto job shows the candidates' scores and the reason."""
+    from recon_core.jobs import JobStore
+    from recon_core.runs import RunSpec
+
+    monkeypatch.setattr(JobStore, "kick", lambda self: [])
+    at = run_page("3_train.py")
+    at.selectbox(key="train_model").set_value("auto")
+    at.run()
+    assert not at.exception
+    assert "held out to choose on" in texts(at) and "cpu" in at.selectbox(key="train_preset").options
+    store = JobStore(workspace)
+    job_id = store.submit(RunSpec(data=str(workspace / "demo" / "data"), model="auto", iterations=1), project="demo")
+    candidate = {"iterations": 1, "train_seconds": 1.0, "test": {"image_auroc": 0.7, "synthetic": False}}
+    record = {
+        "winner": "draem",
+        "reason": "draem: probe-defect image AUROC 0.910 vs autoencoder 0.640",
+        "held_out_goods": ["a.png", "b.png"],
+        "validation_defects": [],
+        "n_probe_defects": 48,
+        "candidates": [
+            {**candidate, "model": "autoencoder", "validation": {"probe_image_auroc": 0.64}},
+            {**candidate, "model": "draem", "validation": {"probe_image_auroc": 0.91}},
+        ],
+    }
+    try:
+        with store._write() as c:
+            c.execute("UPDATE jobs SET state='succeeded' WHERE id=?", (job_id,))
+        run_dir = store.get(job_id).run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "candidates.json").write_text(json.dumps(record))
+        at = run_page("3_train.py")
+        at.selectbox(key="job_select").set_value(job_id)
+        at.run()
+        assert not at.exception
+        assert "Auto choice: DRAEM" in texts(at) and "48 probe defects" in texts(at)
+        table = next(d.value for d in at.dataframe if "probe image AUROC" in d.value.columns)
+        assert list(table["model"]) == ["autoencoder", "draem (kept)"]
+        assert list(table["probe image AUROC"]) == [0.64, 0.91]
+    finally:
+        store.delete(job_id)
 
 
 def test_evaluate_page(workspace: Path) -> None:
@@ -127,12 +218,19 @@ def test_evaluate_page(workspace: Path) -> None:
     assert not at.exception and not at.error
     assert (workspace / "demo" / "runs" / "run-tiny" / "eval_app.npz").is_file()
     assert any("eval_app.npz" in c.value for c in at.caption)
+    # the run picker shows the new evaluation and what it was made on (issue 13.5)
+    summary = json.loads((workspace / "demo" / "runs" / "run-tiny" / "metrics.json").read_text())
+    assert summary["evaluation"] == "eval_app" and summary["evaluated_on"]
 
 
 def test_threshold_page_methods() -> None:
     at = run_page("5_threshold.py")
     assert "Good accepted" in [m.label for m in at.metric]
     assert len(at.get("plotly_chart")) == 2  # score histogram with the threshold line + ROC with the point
+    # a 1 % target on a handful of held-out goods: the resolution, and how many goods it needs (issue 13.3)
+    shown = " ".join(w.value for w in at.warning)
+    assert "moves in steps of" in shown and "needs about 300 good images" in shown
+    assert "Provisional threshold" in texts(at)  # few goods, synthetic defects (issue 13.2)
     for method in ("f1", "quantile", "roc", "manual"):
         at.radio(key="thr_method").set_value(method)
         at.run()
@@ -149,7 +247,7 @@ def test_threshold_page_methods() -> None:
 
 def test_inspect_page(workspace: Path) -> None:
     at = run_page("6_inspect.py")
-    assert "Running the ONNX model" in texts(at)
+    assert "predict_onnx.py" in texts(at) and "preprocess.py" in texts(at)  # the export's own preprocessing
     at.radio(key="inspect_source").set_value("folder")
     at.run()
     at.text_input(key="inspect_folder").input(str(workspace / "demo" / "data" / "test" / "defect"))
@@ -206,13 +304,13 @@ def test_empty_workspace_shows_guidance(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_designer_bad_texture_folder_is_an_error_not_a_crash() -> None:
     at = run_page("2_designer.py")
-    at.radio(key="texture_source").set_value("folder")
+    at.radio(key="synth_texture_source").set_value("folder")
     at.run()
     at.text_input(key="texture_dir").input("/nonexistent/textures")
     at.run()
     assert not at.exception
     assert any("No preview" in e.value for e in at.error)
-    assert at.slider(key="opacity")  # the knobs stay usable
+    assert at.slider(key="synth_opacity")  # the knobs stay usable
 
 
 def test_train_start_follows_the_new_job(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:

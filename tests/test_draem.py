@@ -305,3 +305,20 @@ def test_fused_inference_copy_follows_the_weights() -> None:
     clone.predict(images)
     clone.load_state_dict(model.state_dict())  # loading weights also invalidates the copy
     np.testing.assert_allclose(clone.predict(images).maps, second.maps, atol=1e-6)
+
+
+def test_train_crop_trains_on_crops_and_scores_whole_images(monkeypatch):
+    """cpu-hires: an iteration sees train_crop x train_crop windows; scoring keeps the full resolution."""
+    cfg = DraemConfig(image_size=64, train_crop=32, recon_width=2, disc_width=2, recon_depth=2, disc_depth=2)
+    model = Draem(cfg)
+    goods = np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32)
+    model.setup_training(goods, None, 0)
+    seen = []
+    real = model.synthesize
+    monkeypatch.setattr(model, "synthesize", lambda images, rng: seen.append(tuple(images.shape)) or real(images, rng))
+    model.stages()[0].step(torch.from_numpy(goods).permute(0, 3, 1, 2), np.random.default_rng(0))
+    assert seen == [(4, 3, 32, 32)]
+    assert model.predict(goods).maps.shape == (4, 64, 64)
+    with pytest.raises(ConfigError, match="train_crop"):
+        DraemConfig(image_size=64, train_crop=8)
+    assert Draem.presets["cpu-hires"]["train_crop"] < Draem.presets["cpu-hires"]["image_size"]

@@ -34,6 +34,12 @@ def _all_files(root: Path) -> list[Path]:
     return files
 
 
+def _part(root: Path, shown: str) -> str:
+    """'train' / 'test' / 'ground_truth' for a file of an MVTec layout (by its displayed path), else ''."""
+    rel = Path(shown).relative_to(display_path(root)) if shown.startswith(display_path(root)) else Path(shown)
+    return rel.parts[0] if len(rel.parts) > 1 else ""
+
+
 def _survey(files: list[Path]) -> tuple[Counter, Counter]:
     """Sizes and modes from the headers only (nothing is decoded)."""
     sizes: Counter = Counter()
@@ -69,6 +75,19 @@ def data_report(path: str | os.PathLike, size: int = 256) -> dict[str, Any]:
         "problems": [{"path": display_path(p.path), "reason": p.reason} for p in dataset.train.problems],
         "duplicates": [[display_path(p) for p in group] for group in find_duplicates(files)],
     }
+    for group in report["duplicates"]:  # the same image twice: counted twice, and a leak across train / test
+        across = len({_part(root, p) for p in group}) > 1
+        report["problems"].append(
+            {
+                "path": group[0],
+                "reason": f"byte-identical to {', '.join(group[1:])}"
+                + (
+                    ": the same image in training and test data, so evaluation judges the model on what it learnt"
+                    if across
+                    else ": the same image counted more than once"
+                ),
+            }
+        )
     test = dataset.test
     if test is not None:
         kinds = Counter(test.defect_types)
@@ -91,7 +110,7 @@ def _print_report(report: dict[str, Any]) -> None:
     print("sizes      " + ", ".join(f"{k} ({v})" for k, v in report["sizes"].items()))
     print("modes      " + ", ".join(f"{k} ({v})" for k, v in report["modes"].items()))
     if report["duplicates"]:
-        print(f"duplicates {len(report['duplicates'])} group(s) of byte-identical files (kept):")
+        print(f"duplicates {len(report['duplicates'])} group(s) of byte-identical files (listed under problems):")
         for group in report["duplicates"]:
             print("  " + " = ".join(group))
     if report["problems"]:

@@ -11,10 +11,9 @@ import argparse
 import json
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from recon_core.commands.train import parse_overrides
+from recon_core.commands.train import add_run_options, build_spec
 from recon_core.jobs import Job, JobStore, default_workspace, run_worker
 
 FOLLOW_POLL_S = 0.5
@@ -22,31 +21,6 @@ FOLLOW_POLL_S = 0.5
 
 def _store(args: argparse.Namespace) -> JobStore:
     return JobStore(args.workspace or default_workspace())
-
-
-def build_spec(args: argparse.Namespace) -> Any:
-    """A RunSpec from the submit arguments (validated by RunSpec/from_dict: unknown settings are errors)."""
-    from recon_core.config import from_dict, load_json
-    from recon_core.runs import RunSpec
-    from recon_core.synth import SynthConfig
-
-    values: dict[str, Any] = {"data": str(Path(args.path).expanduser().resolve()), "model": args.model}
-    optional = {
-        "preset": args.preset,
-        "shots": args.shots,
-        "iterations": args.iterations,
-        "minutes": args.minutes,
-        "device": args.device,
-        "seed": args.seed,
-        "checkpoint_every": args.checkpoint_every,
-        "name": args.name,
-    }
-    values.update({k: v for k, v in optional.items() if v is not None})
-    if args.set:
-        values["model_overrides"] = parse_overrides(args.set)
-    if args.synth:
-        values["synth"] = from_dict(SynthConfig, load_json(args.synth), where=str(args.synth))
-    return from_dict(RunSpec, values, where="run spec")
 
 
 def _when(t: float | None) -> str:
@@ -256,20 +230,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("submit", parents=[common], help="queue a training run in the background; prints its id")
     p.add_argument("path", help="training data: an MVTec-layout folder or a folder of good images")
-    p.add_argument("--model", default="draem", help="draem, dsr, autoencoder, ganomaly, aae (default draem)")
-    p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
-    p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument(
-        "--iterations", type=int, default=None, help="training iterations (default: the preset's suggested budget)"
-    )
-    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget in minutes")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
-    p.add_argument("--name", default=None, help="a label for the run")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
-    p.add_argument("--synth", default=None, metavar="JSON", help="defect generator settings (SynthConfig JSON)")
+    add_run_options(p)
     p.add_argument("--project", default=None, help="project name (run folder <workspace>/<project>/runs/<id>)")
     p.add_argument("--follow", action="store_true", help="show a progress bar until the job ends")
     p.set_defaults(handler=submit)

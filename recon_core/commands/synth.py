@@ -12,23 +12,8 @@ import cv2
 from recon_core.config import from_dict, load_json, to_dict
 from recon_core.errors import ConfigError, ReconError
 from recon_core.images import is_mvtec_layout, load_folder
-from recon_core.synth import TEXTURE_SOURCES, SynthConfig, preview, preview_grid
-
-# CLI option -> (type, help); every SynthConfig field has one
-KNOBS: dict[str, tuple[type, str]] = {
-    "perlin_scale_min": (int, "smallest Perlin scale exponent k (scale 2**k per axis)"),
-    "perlin_scale_max": (int, "largest Perlin scale exponent k"),
-    "threshold": (float, "noise threshold for the mask (higher = smaller defects)"),
-    "opacity_min": (float, "smallest texture weight inside the mask"),
-    "opacity_max": (float, "largest texture weight inside the mask"),
-    "defect_probability": (float, "share of training samples that get a defect"),
-    "texture_source": (str, "where textures come from: " + " | ".join(TEXTURE_SOURCES)),
-    "texture_dir": (str, "folder of texture images (searched recursively) for --texture-source folder"),
-    "texture_augmentations": (int, "how many random augmentations each texture gets"),
-    "rotate_good_probability": (float, "probability of rotating the good image itself"),
-    "rotate_good_degrees": (float, "rotation range (+-degrees) of the good image"),
-    "seed": (int, "random seed"),
-}
+from recon_core.knobs import add_cli_options, cli_values
+from recon_core.synth import SynthConfig, preview, preview_grid
 
 
 def build_config(args: argparse.Namespace) -> SynthConfig:
@@ -36,10 +21,7 @@ def build_config(args: argparse.Namespace) -> SynthConfig:
     values = to_dict(SynthConfig())
     if args.config:
         values.update(to_dict(from_dict(SynthConfig, load_json(args.config), where=str(args.config))))
-    for name in [*KNOBS, "rotate_noise"]:
-        given = getattr(args, name, None)
-        if given is not None:
-            values[name] = given
+    values.update(cli_values(args, SynthConfig))
     if args.texture_dir and args.texture_source is None:
         values["texture_source"] = "folder"  # --texture-dir alone means "use that folder"
     return from_dict(SynthConfig, values, where="synth")
@@ -83,13 +65,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prv.add_argument("--n", type=int, default=8, help="number of samples (default 8)")
     prv.add_argument("--size", type=int, default=256, help="image size (default 256)")
     prv.add_argument("--columns", type=int, default=4, help="grid columns (default 4)")
-    for name, (kind, text) in KNOBS.items():
-        prv.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
-    prv.add_argument(
-        "--rotate-noise",
-        dest="rotate_noise",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="rotate the Perlin noise by a random angle in +-90 degrees",
-    )
+    add_cli_options(prv, SynthConfig)  # one option per declared SynthConfig knob
     prv.set_defaults(handler=preview_command)

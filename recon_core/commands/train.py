@@ -105,30 +105,78 @@ class _Bar:
 # train
 
 
+SPEC_FROM_OPTIONS_SKIP = ("data", "model_overrides", "synth")  # built from PATH, --set and --synth-config
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The run-spec options, declared once for `train` and `jobs submit` (defaults: RunSpec's, when not given)."""
+    p.add_argument(
+        "--model",
+        default=None,
+        help="draem, dsr, autoencoder, ganomaly, aae, auto (trains several, keeps the best); default draem",
+    )
+    p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
+    p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--iterations", type=int, default=None, help="training iterations (default: the preset's suggested budget)"
+    )
+    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget in minutes")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument(
+        "--synth-config",
+        "--synth",  # the old `jobs submit` spelling, kept as an alias
+        dest="synth_config",
+        default=None,
+        metavar="JSON",
+        help="defect design (SynthConfig): a JSON file or inline JSON; --synth is an alias",
+    )
+    p.add_argument("--init-from", default=None, metavar="BUNDLE", help="warm start from a model.pt of the same model")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints (default 50)")
+    p.add_argument(
+        "--labelled-defects",
+        type=int,
+        default=None,
+        metavar="K",
+        help="train with K real defect images (seeded choice from the test split; draem and dsr need their masks); "
+        "they leave the evaluation (draem, dsr, aae)",
+    )
+    p.add_argument(
+        "--labelled-defect-file",
+        dest="labelled_defect_files",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="a defect image of the test split to train with instead of a seeded choice (repeatable; absolute or "
+        "relative to the data folder); it leaves the evaluation",
+    )
+    p.add_argument("--name", default=None, help="a label for the run")
+
+
 def build_spec(args: argparse.Namespace) -> Any:
+    """A RunSpec from the options of add_run_options + PATH (the one builder for `train` and `jobs submit`);
+    validated strictly by from_dict: unknown settings and wrong types are errors."""
+    import dataclasses
+
+    from recon_core.config import from_dict, to_dict
     from recon_core.runs import RunSpec
 
-    if args.path is None:
+    if getattr(args, "path", None) is None:
         raise ConfigError("train: give the training data PATH (or --resume with --out of an existing run)")
-    values: dict[str, Any] = {
-        "data": args.path,
-        "model": args.model,
-        "preset": args.preset,
-        "model_overrides": parse_overrides(args.set),
-        "shots": args.shots,
-        "synth": _synth_from_arg(args.synth_config),
-        "iterations": args.iterations,
-        "minutes": args.minutes,
-        "device": args.device,
-        "seed": args.seed,
-        "init_from": args.init_from,
-        "checkpoint_every": args.checkpoint_every,
-        "name": args.name,
-        "labelled_defects": args.labelled_defects,
-        "labelled_defect_files": list(args.labelled_defect_file or []),
-    }
-    spec = RunSpec(**values)
-    return RunSpec.from_dict(spec.to_dict())  # strict validation of every field
+    path = Path(args.path).expanduser()
+    # an existing folder is stored absolute (a worker or a resume may run elsewhere); a category name stays as given
+    values: dict[str, Any] = {"data": str(path.resolve()) if path.exists() else args.path}
+    for f in dataclasses.fields(RunSpec):
+        given = getattr(args, f.name, None)
+        if f.name not in SPEC_FROM_OPTIONS_SKIP and given is not None:
+            values[f.name] = given
+    if args.set:
+        values["model_overrides"] = parse_overrides(args.set)
+    if args.synth_config:
+        values["synth"] = to_dict(_synth_from_arg(args.synth_config))
+    return from_dict(RunSpec, values, where="run spec")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -179,7 +227,21 @@ def train(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     if m.get("synthetic"):
         print("note: no real defect images: metrics are on held-out good images + synthetic defects (optimistic)")
+    _print_caveats(m.get("warnings"), m.get("threshold"))
     return 0
+
+
+def _print_caveats(warnings: list[str] | None, threshold: Any = None) -> None:
+    """The evaluation's warnings and the threshold (provisional or not), on stderr so JSON output stays clean."""
+    from recon_core.config import from_dict
+    from recon_core.metrics import Threshold, describe_threshold
+
+    for text in warnings or []:
+        print(f"warning: {text}", file=sys.stderr)
+    if isinstance(threshold, dict):
+        threshold = from_dict(Threshold, threshold, where="threshold")
+    if threshold is not None:
+        print(f"threshold: {describe_threshold(threshold)}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,12 +251,18 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from recon_core import metrics as metrics_mod
     from recon_core.bundle import load_bundle
-    from recon_core.evaluation import evaluate_bundle, save_eval
+    from recon_core.evaluation import evaluate_bundle, evaluated_on, record_evaluation, save_eval
     from recon_core.runs import resolve_data_path
 
     bundle = load_bundle(bundle_path_of(args.run), args.device)
+    # a run's own training images are left out (by content, from its data.json)
     result = evaluate_bundle(bundle, resolve_data_path(args.data), synthetic_fallback=not args.no_synthetic)
-    out: dict[str, Any] = {"metrics": result.metrics, "synthetic": result.synthetic}
+    out: dict[str, Any] = {
+        "metrics": result.metrics,
+        "synthetic": result.synthetic,
+        "evaluated_on": evaluated_on(result.metrics),
+        "warnings": result.metrics["warnings"],
+    }
     if len(set(result.labels.tolist())) == 2:
         out["roc"] = metrics_mod.roc_points(result.labels, result.scores)
         out["pr"] = metrics_mod.pr_points(result.labels, result.scores)
@@ -202,7 +270,10 @@ def evaluate(args: argparse.Namespace) -> int:
         out["confusion"] = metrics_mod.confusion(result.labels, result.scores, bundle.threshold)
     if args.save_eval:
         save_eval(result, args.save_eval)
+    if Path(args.run).is_dir():  # the run's current evaluation from now on (picker, metrics.json, exports)
+        record_evaluation(args.run, result)
     _print_json(out, args.out)
+    _print_caveats(result.metrics["warnings"], bundle.threshold)
     return 0
 
 
@@ -253,6 +324,8 @@ def predict(args: argparse.Namespace) -> int:
             print(f"problem: {display_path(r['path'])}: {r['problem']}", file=sys.stderr)
     if bundle.threshold is None:
         print("note: the model has no threshold yet, so no verdicts (set one with the threshold command)")
+    elif bundle.threshold.params.get("provisional"):
+        _print_caveats([], bundle.threshold)
     return 0
 
 
@@ -286,28 +359,34 @@ def compute_threshold(result: Any, method: str, value: float | None, review_belo
         thr = m.threshold_manual(value)
     else:
         raise ConfigError(f"unknown threshold method {method!r}: f1, fpr, quantile or manual")
-    if result.synthetic:
-        thr.params = {**thr.params, "synthetic": True}
+    thr = m.annotate(thr, result.labels, result.synthetic)  # counts, synthetic or real, provisional
     return thr.with_review(review_below) if review_below is not None else thr
 
 
 def threshold(args: argparse.Namespace) -> int:
     from recon_core import metrics as m
-    from recon_core.bundle import set_threshold
     from recon_core.config import to_dict
-    from recon_core.evaluation import load_eval
+    from recon_core.evaluation import current_evaluation, evaluated_on, record_threshold
 
     run = Path(args.run)
     if not run.is_dir():
         raise ConfigError(f"{run}: not a run folder")
-    bundle = bundle_path_of(run)
-    result = load_eval(run / "eval")
+    bundle_path_of(run)
+    result, _ = current_evaluation(run)  # the latest evaluation (never on the run's training images)
+    if result is None:
+        raise ConfigError(f"{run}: no saved evaluation (run eval first)")
     thr = compute_threshold(result, args.method, args.value, args.review_below)
-    set_threshold(bundle, thr)
-    out = {"threshold": to_dict(thr), "confusion": m.confusion(result.labels, result.scores, thr)}
+    record_threshold(run, thr)
+    out = {
+        "threshold": to_dict(thr),
+        "confusion": m.confusion(result.labels, result.scores, thr),
+        "evaluated_on": evaluated_on(result.metrics),
+        "warnings": list(thr.params.get("warnings", [])) + list(result.metrics.get("warnings", [])),
+    }
     if result.synthetic:
         out["note"] = "computed on synthetic defects (no real defect images in the evaluation)"
     _print_json(out)
+    _print_caveats(out["warnings"], thr)
     return 0
 
 
@@ -318,35 +397,8 @@ def threshold(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model in the foreground (a run folder with model.pt)")
     p.add_argument("path", nargs="?", help="training data: MVTec-layout folder, folder of good images, or a category")
-    p.add_argument("--model", default="draem", help="draem, dsr, autoencoder, ganomaly, aae (default draem)")
-    p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
-    p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--iterations", type=int, default=None, help="training iterations")
-    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget in minutes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_options(p)
     p.add_argument("--out", default=None, help=f"run folder (default {DEFAULT_RUNS_DIR}/<model>-<time>)")
-    p.add_argument("--synth-config", default=None, metavar="JSON", help="defect design: a JSON file or inline JSON")
-    p.add_argument("--init-from", default=None, metavar="BUNDLE", help="warm start from a model.pt of the same model")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (default 50)")
-    p.add_argument(
-        "--labelled-defects",
-        type=int,
-        default=0,
-        metavar="K",
-        help="train with K real defect images (seeded choice from the test split, masks needed for draem/dsr); "
-        "they leave the evaluation (draem, dsr, aae)",
-    )
-    p.add_argument(
-        "--labelled-defect-file",
-        action="append",
-        metavar="PATH",
-        help="a defect image of the test split to train with, instead of a seeded choice (repeatable; absolute or "
-        "relative to the data folder)",
-    )
-    p.add_argument("--name", default=None, help="a label for the run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=train)

@@ -12,7 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -83,6 +83,15 @@ class ModelConfig:
     image_size: int = 256
     batch_size: int = 8
     lr: float = 1e-4
+    # training speed on accelerators (recon_core/precision.py); the GPU presets turn them on
+    precision: Literal["fp32", "auto", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False  # NHWC memory format (faster convolutions on tensor cores and some CPUs)
+    cudnn_benchmark: bool = False
+
+
+# what GPU presets add: bf16 autocast (fp16 + gradient scaling on GPUs without bf16), NHWC, cuDNN autotuning;
+# "auto" precision and cuDNN settings do nothing on a CPU
+GPU_SPEED: dict[str, Any] = {"precision": "auto", "channels_last": True, "cudnn_benchmark": True}
 
 
 class AnomalyModel(ABC):
@@ -99,6 +108,7 @@ class AnomalyModel(ABC):
         self.config = config
         self.device = torch.device(device)
         self.synth_config: Any = None  # the SynthConfig used for training, set by setup_training
+        self.normaliser: Any = None  # normalisation.MapNormaliser fitted after training, or None (raw scores)
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -138,6 +148,19 @@ class AnomalyModel(ABC):
     @abstractmethod
     def predict(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
         """Score (N, H, W, 3) float32 images in [0, 1] at config.image_size."""
+
+    def score(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
+        """What every caller scores with: `predict`, then the map normalisation chosen after training (if any)."""
+        pred = self.predict(images, batch_size=batch_size)
+        if self.normaliser is None:
+            return pred
+        scores, maps = self.normaliser.apply(pred.maps)
+        return Prediction(image_scores=scores, maps=maps)
+
+    def scoring_module(self) -> nn.Module:
+        """`onnx_module` with the map normalisation inside the graph: what the ONNX export contains."""
+        module = self.onnx_module()
+        return module if self.normaliser is None else self.normaliser.wrap(module)
 
     def onnx_module(self) -> nn.Module:
         """Optional, for ONNX export: the scoring path as one nn.Module in eval mode taking (B, 3, H, W) float in
@@ -187,6 +210,7 @@ def replace_config(config: ModelConfig, **changes: Any) -> ModelConfig:
 
 
 __all__ = [
+    "GPU_SPEED",
     "AnomalyModel",
     "Budget",
     "ModelConfig",

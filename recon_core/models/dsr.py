@@ -29,7 +29,7 @@ from torch import nn
 from recon_core.defect_bank import LabelledDefectsMixin
 from recon_core.errors import CheckpointError, ConfigError
 from recon_core.models.autoencoder import gaussian_blur
-from recon_core.models.base import AnomalyModel, ModelConfig, Prediction, TrainingStage
+from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Prediction, TrainingStage
 from recon_core.models.layers import UNet, focal_loss, images_to_tensor, mean_pool_max
 
 VQ_FILE_FORMAT = "recon-dsr-vq"
@@ -430,6 +430,7 @@ class Dsr(LabelledDefectsMixin, AnomalyModel):
             "detector_depth": 4,
             "upsampler_width": 32,
             "score_pool": 21,
+            **GPU_SPEED,
         },
     }
 
@@ -497,7 +498,7 @@ class Dsr(LabelledDefectsMixin, AnomalyModel):
         c: DsrConfig = self.config  # type: ignore[assignment]
         self.synth_config = synth_config if synth_config is not None else SynthConfig()
         # with labelled defects, some image-space defects are transplanted real ones (synth.real_defect_share)
-        self._generator = DefectGenerator(self.synth_config, c.image_size, bank=self.defect_bank)
+        self._generator = DefectGenerator(self.synth_config, c.image_size, goods=train_images, bank=self.defect_bank)
         self._train_images = np.ascontiguousarray(train_images, dtype=np.float32) if train_images is not None else None
         self._torch_gen = torch.Generator(device=self.device)
         self._torch_gen.manual_seed(int(seed))
@@ -630,7 +631,9 @@ class Dsr(LabelledDefectsMixin, AnomalyModel):
         real, real_masks = self.defect_bank.real_positives(n, rng)
         goods = images[:n].detach().permute(0, 2, 3, 1).cpu().numpy()
         for i in range(len(goods)):
-            pasted = self.defect_bank.paste(goods[i], rng) if rng.random() < 0.5 else None
+            fg = self._generator.foreground
+            allowed = fg.mask(goods[i]) if fg.enabled else None
+            pasted = self.defect_bank.paste(goods[i], rng, allowed) if rng.random() < 0.5 else None
             if pasted is not None:
                 real[i], real_masks[i] = pasted
         x = torch.from_numpy(real).permute(0, 3, 1, 2).to(self.device)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `auto` against always-DRAEM on the same data, fixed ITERATIONS (a busy machine replays the same work):
+#   auto  = autoencoder min(N, 250) iterations + DRAEM N iterations, each on 16 of the 20 goods (4 held out to choose)
+#   draem = DRAEM N iterations on all 20 goods
+# Rows go to benchmarks/results/auto_vs_draem.{csv,json,md}; the auto runs' choices (candidates' validation signals
+# and their test AUROC, never used to choose) to benchmarks/results/auto_choices.md. Run folders (weights) are kept
+# outside the repository, in $KEEP.
+#
+#   bash benchmarks/run_auto.sh [N=660] [SEEDS=0]      CATEGORIES="mvtec_ad/bottle mvtec3d_ad/tire" by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benchmarks/common.sh
+iterations="${1:-660}"
+shift || true
+seeds="${*:-0}"
+categories="${CATEGORIES:-mvtec_ad/bottle mvtec3d_ad/tire}"
+KEEP="${KEEP:-/tmp/recon-auto-runs}"
+# shellcheck disable=SC2086
+locked_bench --models auto draem --categories $categories --shots 20 --seeds $seeds --iterations "$iterations" \
+  --preset cpu --name auto_vs_draem --keep-runs "$KEEP" --tag "auto: autoencoder 250 it + draem $iterations it"
+"$py" benchmarks/auto_choices.py "$KEEP" benchmarks/results/auto_choices.md

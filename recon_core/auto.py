@@ -1,0 +1,548 @@
+"""Model "auto": train quick candidates and a deep one inside the user's budget, choose the one that separates
+defects from good parts best on data no candidate trained on, and keep the winner's bundle in the usual run folder.
+
+No single model wins on every product (a plain autoencoder beat DRAEM 0.99 to 0.81 image AUROC on one product and
+lost 0.62 to 1.00 on another), so the choice is measured per product:
+
+* Held-out goods: a seeded share of the training goods is withheld from every candidate's training.
+* With K >= 1 real defect images (RunSpec.labelled_defects): the ones that choose never train. If a candidate can
+  train on real defects, K // 2 of them (at least 1) choose and the rest train; otherwise all K choose. They all
+  leave the test evaluation, as training defects do. Real defects decide; candidates within `tie_margin` of the
+  best are separated by the probe defects.
+* Without real defects: probe defects (probe_defects.py: scratches, stains, moved patches, blur at three
+  strengths) on the held-out goods, a kind no candidate trained on. The signal is the mean image AUROC of held-out
+  goods against each kind and strength; near ties go to the better probe pixel AUROC.
+
+The test split is never used to choose; each candidate's test metrics are recorded for reference only.
+
+Budget: a minutes budget gives the quick candidates `quick_share` of it first (each at most its preset's own
+suggestion), and the deep candidates the time left, minus a small reserve for the choice. An iterations budget N
+counts each candidate's own iterations: the deep ones train N, the quick ones min(N, quick_iterations).
+
+Run folder: the winner's model.pt, eval.*, losses.csv, heatmaps/ and data.json at the top as in any run;
+metrics.json = the winner's metrics + "auto" (candidates, signals, reason); candidates.json = the same record;
+candidates/<model>/ = each candidate's own run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from recon_core.config import from_dict, load_json, save_json
+from recon_core.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+CANDIDATES_FILE = "candidates.json"
+WINNER_FILES = ("model.pt", "eval.npz", "eval.json", "losses.csv")
+CHOICE_RESERVE = 0.04  # share of a minutes budget kept for scoring the candidates and writing the result
+MIN_DEEP_MINUTES = 0.2
+PROBE_SEED_OFFSET = 50_021
+HOLDOUT_SEED_OFFSET = 7_919
+VALIDATION_DEFECT_SEED_OFFSET = 104_729
+
+
+@dataclass
+class AutoConfig:
+    """Settings of the auto strategy, given as RunSpec.model_overrides when model is "auto"."""
+
+    quick: list[str] = field(default_factory=lambda: ["autoencoder"])
+    deep: list[str] = field(default_factory=lambda: ["draem"])
+    quick_share: float = 0.12  # of a minutes budget, for all quick candidates together
+    quick_iterations: int = 250  # cap for a quick candidate under an iterations budget
+    holdout_share: float = 0.2  # of the training goods, withheld from training to choose on
+    tie_margin: float = 0.02
+    candidate_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> config overrides
+
+    def __post_init__(self) -> None:
+        from recon_core.models import MODEL_MODULES
+
+        names = self.candidates
+        if not self.deep and not self.quick:
+            raise ConfigError("auto: give at least one candidate model")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"auto: a model is listed twice among the candidates {names}")
+        unknown = [n for n in names if n not in MODEL_MODULES]
+        if unknown:
+            raise ConfigError(f"auto: unknown candidate model(s) {unknown}; choose from {sorted(MODEL_MODULES)}")
+        stray = sorted(set(self.candidate_overrides) - set(names))
+        if stray:
+            raise ConfigError(f"auto: candidate_overrides for models that are not candidates: {stray}")
+        if not 0 < self.quick_share < 1 or not 0 < self.holdout_share < 1:
+            raise ConfigError("auto: quick_share and holdout_share must be between 0 and 1")
+        if self.quick_iterations < 1 or self.tie_margin < 0:
+            raise ConfigError("auto: quick_iterations must be >= 1 and tie_margin >= 0")
+
+    @property
+    def candidates(self) -> list[str]:
+        return [*self.quick, *self.deep]
+
+
+def auto_config(spec: Any) -> AutoConfig:
+    return from_dict(AutoConfig, dict(spec.model_overrides), where="auto settings (model_overrides)")
+
+
+def candidate_preset(cls: Any, preset: str | None) -> str:
+    """The run's preset where the candidate has it (e.g. "cpu", "gpu"), else the candidate's default."""
+    return preset if preset in cls.presets else cls.default_preset
+
+
+def auto_presets(cfg: AutoConfig | None = None) -> list[str]:
+    """Presets offered for auto: those every candidate has (in the deep model's order)."""
+    from recon_core.models import get_model_class
+
+    cfg = cfg or AutoConfig()
+    classes = [get_model_class(n) for n in cfg.candidates]
+    return [p for p in classes[-1].presets if all(p in c.presets for c in classes)]
+
+
+def total_budget(spec: Any, cfg: AutoConfig) -> Any:
+    """The run's budget; without one, the deep candidate's suggestion for its preset."""
+    from recon_core.models import get_model_class
+    from recon_core.models.base import Budget
+    from recon_core.runs import budget_for
+
+    main = get_model_class((cfg.deep or cfg.quick)[-1])
+    if spec.iterations is None and spec.minutes is None:
+        return budget_for(dataclasses.replace(spec, model=main.name), main, candidate_preset(main, spec.preset))
+    if spec.iterations is not None and spec.minutes is not None:
+        raise ConfigError("run spec: give iterations or minutes, not both")
+    return Budget(iterations=spec.iterations, minutes=spec.minutes)
+
+
+def candidate_configs(spec: Any) -> dict[str, Any]:
+    """model name -> the config each candidate of this auto run trains with."""
+    from recon_core.models import get_model_class
+
+    cfg = auto_config(spec)
+    out = {}
+    for name in cfg.candidates:
+        cls = get_model_class(name)
+        out[name] = cls.config_from_preset(candidate_preset(cls, spec.preset), **cfg.candidate_overrides.get(name, {}))
+    return out
+
+
+def validate_auto_spec(spec: Any) -> None:
+    """What execute_run would refuse at once, refused at submit time (jobs) too."""
+    from recon_core.models import get_model_class
+
+    cfg = auto_config(spec)
+    if spec.init_from:
+        raise ConfigError("auto: warm start (init_from) is not available; it trains several models from scratch")
+    if spec.preset is not None and not any(spec.preset in get_model_class(n).presets for n in cfg.candidates):
+        raise ConfigError(f"auto: no candidate has preset {spec.preset!r}; choose from {auto_presets(cfg)}")
+    candidate_configs(spec)
+    total_budget(spec, cfg)
+
+
+def describe_plan(cfg: AutoConfig, n_goods: int, k_defects: int) -> str:
+    """One paragraph for the Train page: what an auto run trains and what it chooses on."""
+    from recon_core.models import get_model_class
+
+    held = holdout_count(n_goods, cfg.holdout_share) if n_goods >= 3 else 0
+    trains = any(get_model_class(n).uses_labelled_defects for n in cfg.candidates)
+    k_val, k_train = split_defects(k_defects, trains)
+    quick = ", ".join(m.upper() for m in cfg.quick) or "none"
+    deep = ", ".join(m.upper() for m in cfg.deep) or "none"
+    text = (
+        f"AUTO trains the quick candidate(s) {quick} first ({cfg.quick_share:.0%} of a minutes budget), then "
+        f"{deep} with the time left, each on {n_goods - held} of the {n_goods} training goods; {held} goods are "
+        "held out to choose on. "
+    )
+    if k_val:
+        text += f"{k_val} real defect image(s) choose the model" + (
+            f" and {k_train} train the models that use real defects. " if k_train else ". "
+        )
+    else:
+        text += (
+            "With no real defect images it chooses on probe defects no candidate trained on (scratches, stains, "
+            "moved patches, blur at three strengths) drawn on the held-out goods. "
+        )
+    return text + "The test images are never used to choose. The winner's model is kept."
+
+
+def holdout_count(n: int, share: float) -> int:
+    return int(min(max(1, round(n * share)), n - 2))
+
+
+def split_defects(k: int, some_candidate_trains: bool) -> tuple[int, int]:
+    """K real defects -> (choosing, training): the ones that choose never train."""
+    if k <= 0:
+        return 0, 0
+    if not some_candidate_trains:
+        return k, 0
+    k_val = max(1, k // 2)
+    return k_val, k - k_val
+
+
+# ---------------------------------------------------------------------------------------------------------
+# choosing
+
+
+def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1] == size:
+        return images
+    interp = cv2.INTER_AREA if images.shape[1] > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(im, (size, size), interpolation=interp) for im in images]).astype(np.float32)
+
+
+def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    if maps.shape[1] == size:
+        return maps.astype(np.float32)
+    return np.stack([cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR) for m in maps])
+
+
+def _auroc(metrics: Any, labels: np.ndarray, scores: np.ndarray) -> float | None:
+    value = metrics.image_auroc(labels, scores)
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def score_candidate(model: Any, probes: Any, real: dict[str, Any] | None) -> dict[str, Any]:
+    """Validation signals of one trained model (scored as its bundle scores, map normalisation included): probe
+    defects on held-out goods, and real defects if any."""
+    from recon_core import metrics
+
+    size = probes.images.shape[1]
+    batch = int(getattr(model.config, "batch_size", 8))
+    model.train_mode(False)
+    pred = model.score(_resize_images(probes.images, model.config.image_size), batch_size=batch)
+    scores = np.asarray(pred.image_scores, np.float64)
+    maps = _resize_maps(np.asarray(pred.maps), size)
+    goods = probes.labels == 0
+    per_kind: dict[str, float] = {}
+    for kind in sorted(set(probes.kinds) - {"good"}):
+        sel = goods | np.array([k == kind for k in probes.kinds])
+        value = _auroc(metrics, probes.labels[sel], scores[sel])
+        if value is not None:
+            per_kind[kind] = round(value, 4)
+    out: dict[str, Any] = {
+        "probe_image_auroc": round(float(np.mean(list(per_kind.values()))), 4) if per_kind else None,
+        "probe_pixel_auroc": _round(metrics.pixel_auroc(probes.masks, maps)),
+        "probe_detected_without_false_alarm": round(float(np.mean(scores[~goods] > scores[goods].max())), 4),
+        "probe_image_auroc_by_kind": per_kind,
+        "held_out_good_scores": [round(float(s), 6) for s in scores[goods]],
+    }
+    if real is not None:
+        rp = model.score(_resize_images(real["images"], model.config.image_size), batch_size=batch)
+        r_scores = np.concatenate([scores[goods], np.asarray(rp.image_scores, np.float64)])
+        r_labels = np.concatenate([np.zeros(int(goods.sum()), int), np.ones(len(real["images"]), int)])
+        image = _auroc(metrics, r_labels, r_scores)
+        pixel = None
+        if real["masks"] is not None:
+            r_maps = np.concatenate([maps[goods], _resize_maps(np.asarray(rp.maps), size)])
+            r_masks = np.concatenate([probes.masks[goods], real["masks"]])
+            pixel = _round(metrics.pixel_auroc(r_masks, r_maps))
+        parts = [v for v in (image, pixel) if v is not None]
+        out.update(
+            real_image_auroc=None if image is None else round(image, 4),
+            real_pixel_auroc=pixel,
+            real_signal=round(float(np.mean(parts)), 4) if parts else None,
+        )
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or np.isnan(value) else round(float(value), 4)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def choose(signals: dict[str, dict[str, Any]], tie_margin: float) -> tuple[str, str]:
+    """-> (winner, reason). Real defects decide when there are any; near ties go to the secondary signal."""
+    names = list(signals)
+    real = all(signals[n].get("real_signal") is not None for n in names)
+    primary, secondary = ("real_signal", "probe_image_auroc") if real else ("probe_image_auroc", "probe_pixel_auroc")
+    labels = {
+        "real_signal": "real-defect score (mean of image and pixel AUROC on the held-out defects and goods)",
+        "probe_image_auroc": "probe-defect image AUROC (held-out goods vs defects of kinds no candidate trained on)",
+        "probe_pixel_auroc": "probe-defect pixel AUROC",
+    }
+
+    def value(name: str, key: str) -> float:
+        v = signals[name].get(key)
+        return -1.0 if v is None else float(v)
+
+    best = max(value(n, primary) for n in names)
+    near = [n for n in names if value(n, primary) >= best - tie_margin]
+    winner = max(near, key=lambda n: (value(n, secondary), value(n, primary)))
+    others = ", ".join(f"{n} {_fmt(signals[n].get(primary))}" for n in names if n != winner)
+    reason = f"{winner}: {labels[primary]} {_fmt(signals[winner].get(primary))}" + (f" vs {others}" if others else "")
+    if len(near) > 1:
+        reason += (
+            f"; within {tie_margin:g} of each other, so the {labels[secondary]} decided "
+            f"({', '.join(f'{n} {_fmt(signals[n].get(secondary))}' for n in near)})"
+        )
+    return winner, reason
+
+
+# ---------------------------------------------------------------------------------------------------------
+# progress across candidates
+
+
+class _Progress:
+    """Maps each candidate's progress onto one run: global iteration, stage "<model> i/n: <stage>", and an ETA
+    that includes the candidates still to come (their budget, for a minutes budget)."""
+
+    def __init__(self, callback: Any, names: list[str], planned: dict[str, int] | None, seconds: float | None):
+        self.callback, self.names, self.planned, self.seconds = callback, names, planned, seconds
+        self.offset_it, self.offset_s, self.current = 0, 0.0, 0
+        self.last: Any = None
+
+    def start(self, index: int) -> Any:
+        self.current = index
+        return self._report if self.callback is not None else None
+
+    def done(self, iterations: int, seconds: float) -> None:
+        self.offset_it += int(iterations)
+        self.offset_s += float(seconds)
+
+    def _report(self, p: Any) -> None:
+        from recon_core.models.base import Progress
+
+        name = self.names[self.current]
+        iteration = self.offset_it + p.iteration
+        elapsed = self.offset_s + p.elapsed_s
+        if self.planned is not None:
+            total = self.offset_it + p.total_iterations + sum(self.planned[n] for n in self.names[self.current + 1 :])
+            eta = p.eta_s
+        else:
+            last = self.current == len(self.names) - 1
+            eta = p.eta_s if last or self.seconds is None else max(p.eta_s, self.seconds - elapsed)
+            total = max(iteration, round(iteration * (elapsed + eta) / elapsed)) if elapsed > 0 else p.total_iterations
+        self.last = Progress(
+            stage=f"{name} {self.current + 1}/{len(self.names)}: {p.stage}",
+            iteration=iteration,
+            total_iterations=int(total),
+            losses=dict(p.losses),
+            images_per_s=p.images_per_s,
+            elapsed_s=elapsed,
+            eta_s=eta,
+            lr=p.lr,
+        )
+        self.callback(self.last)
+
+    def finish(self) -> None:
+        if self.callback is not None and self.last is not None:
+            p = self.last
+            self.callback(dataclasses.replace(p, stage="auto: choosing", iteration=p.total_iterations, eta_s=0.0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class _Split:
+    held_goods: list[str]
+    validation_defects: list[str]  # choose, never train
+    training_defects: list[str]  # train the candidates that use real defects
+    goods: np.ndarray
+    real: dict[str, Any] | None
+    regions: np.ndarray | None = None  # where on the held-out goods the product is (probe defects go there)
+
+
+def product_regions(synth: Any, goods: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """The foreground estimate the training defects use (synth.foreground), on the held-out goods."""
+    from recon_core.foreground import estimate_foreground
+
+    return estimate_foreground(goods, synth.foreground).masks(held)
+
+
+def _split(spec: Any, cfg: AutoConfig, data_path: Path, size: int, trains: bool) -> _Split:
+    """Held-out goods and the real defects that choose / train, all seeded (the same on resume)."""
+    from recon_core.images import load_dataset
+    from recon_core.runs import _take_labelled, _without
+
+    dataset = load_dataset(data_path, size, shots=spec.shots, seed=spec.seed)
+    n = len(dataset.train.paths)
+    if n < 3:
+        raise DataError(f"auto: needs at least 3 good training images to hold some out for the choice, got {n}")
+    held = np.sort(
+        np.random.default_rng(spec.seed + HOLDOUT_SEED_OFFSET).choice(
+            n, size=holdout_count(n, cfg.holdout_share), replace=False
+        )
+    )
+    k_val, k_train = split_defects(spec.labelled_defects, trains)
+    real, val_paths, train_paths = None, [], []
+    if k_val:
+        _, images, masks, val_paths = _take_labelled(dataset.test, k_val, spec.seed + VALIDATION_DEFECT_SEED_OFFSET)
+        real = {"images": images, "masks": masks}
+        if k_train:  # exactly the ones execute_run will take from what is left (same function, same seed)
+            train_paths = _take_labelled(_without(dataset.test, val_paths), k_train, spec.seed)[3]
+    return _Split(
+        held_goods=[dataset.train.paths[i] for i in held],
+        validation_defects=list(val_paths),
+        training_defects=list(train_paths),
+        goods=dataset.train.images[held],
+        real=real,
+        regions=product_regions(spec.synth, dataset.train.images, dataset.train.images[held]),
+    )
+
+
+def _candidate_spec(spec: Any, cfg: AutoConfig, name: str, split: _Split, budget: dict[str, Any]) -> Any:
+    from recon_core.models import get_model_class
+
+    cls = get_model_class(name)
+    uses = cls.uses_labelled_defects and bool(split.training_defects)
+    exclude = split.held_goods + split.validation_defects + ([] if uses else split.training_defects)
+    return dataclasses.replace(
+        spec,
+        model=name,
+        preset=candidate_preset(cls, spec.preset),
+        model_overrides=dict(cfg.candidate_overrides.get(name, {})),
+        labelled_defects=len(split.training_defects) if uses else 0,
+        exclude_paths=sorted(set(spec.exclude_paths) | set(exclude)),
+        iterations=budget.get("iterations"),
+        minutes=budget.get("minutes"),
+        name=f"{spec.name or 'auto'}:{name}",
+    )
+
+
+def _quick_minutes(cfg: AutoConfig, name: str, preset: str | None, minutes: float) -> float:
+    from recon_core.models import get_model_class
+
+    cls = get_model_class(name)
+    share = cfg.quick_share * minutes / max(1, len(cfg.quick))
+    own = getattr(cls, "preset_budgets", {}).get(candidate_preset(cls, preset), {}).get("minutes")
+    return float(min(share, own)) if own else float(share)
+
+
+def run_auto(spec: Any, run_dir: str | Path, *, progress: Any = None, should_stop: Any = None, resume: bool = False):
+    from recon_core.bundle import load_bundle
+    from recon_core.models import get_model_class
+    from recon_core.probe_defects import make_probe_set
+    from recon_core.runs import RunResult, RunSpec, _attach_log, execute_run, resolve_data_path
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _attach_log(run_dir)
+    try:
+        started = time.time()
+        validate_auto_spec(spec)
+        cfg = auto_config(spec)
+        budget = total_budget(spec, cfg)
+        save_json(run_dir / "spec.json", spec)
+        classes = {n: get_model_class(n) for n in cfg.candidates}
+        sizes = [c.image_size for c in candidate_configs(spec).values()]
+        data_path = resolve_data_path(spec.data)
+        trains = any(c.uses_labelled_defects for c in classes.values())
+        split = _split(spec, cfg, data_path, max(sizes), trains)
+        log.info(
+            "auto: candidates %s; %d held-out goods, %d real defects choose, %d train; budget %s",
+            cfg.candidates,
+            len(split.held_goods),
+            len(split.validation_defects),
+            len(split.training_defects),
+            budget,
+        )
+        names = cfg.candidates
+        planned = None
+        if budget.iterations is not None:
+            planned = {n: min(budget.iterations, cfg.quick_iterations) for n in cfg.quick}
+            planned.update({n: budget.iterations for n in cfg.deep})
+        tracker = _Progress(progress, names, planned, None if budget.minutes is None else budget.minutes * 60)
+        results: dict[str, Any] = {}
+        for index, name in enumerate(names):
+            cdir = run_dir / "candidates" / name
+            if (cdir / "model.pt").is_file() and (cdir / "metrics.json").is_file():  # done before a resume
+                results[name] = load_json(cdir / "metrics.json")
+                tracker.done(results[name].get("iterations", 0), results[name].get("train_seconds", 0.0))
+                continue
+            if (cdir / "spec.json").is_file():  # started before: its budget was fixed then
+                cspec = RunSpec.from_dict(load_json(cdir / "spec.json"))
+            else:
+                if planned is not None:
+                    share: dict[str, Any] = {"iterations": planned[name]}
+                elif name in cfg.quick:
+                    share = {"minutes": _quick_minutes(cfg, name, spec.preset, budget.minutes)}
+                else:
+                    spent = (time.time() - started) / 60
+                    left = budget.minutes * (1 - CHOICE_RESERVE) - spent
+                    deep_left = len([n for n in cfg.deep if n not in results])
+                    share = {"minutes": max(MIN_DEEP_MINUTES, left / max(1, deep_left))}
+                cspec = _candidate_spec(spec, cfg, name, split, share)
+            log.info(
+                "auto: training %s (%d/%d) with %s", name, index + 1, len(names), cspec.minutes or cspec.iterations
+            )
+            result = execute_run(
+                cspec,
+                cdir,
+                progress=tracker.start(index),
+                should_stop=should_stop,
+                resume=resume and (cdir / "checkpoint.pt").is_file(),
+            )
+            results[name] = result.metrics
+            tracker.done(result.metrics.get("iterations", 0), result.metrics.get("train_seconds", 0.0))
+
+        probes = make_probe_set(split.goods, spec.seed + PROBE_SEED_OFFSET, regions=split.regions)
+        signals = {}
+        for name in names:
+            loaded = load_bundle(run_dir / "candidates" / name / "model.pt", spec.device)
+            signals[name] = score_candidate(loaded.model, probes, split.real)
+        winner, reason = choose(signals, cfg.tie_margin)
+        log.info("auto: chose %s (%s)", winner, reason)
+        tracker.finish()
+        record = _record(cfg, names, results, signals, winner, reason, split, budget, probes)
+        metrics = _assemble(run_dir, winner, record, started)
+        return RunResult(str(run_dir / "model.pt"), metrics)
+    finally:
+        logging.getLogger("recon_core").removeHandler(handler)
+        handler.close()
+
+
+def _record(cfg, names, results, signals, winner, reason, split, budget, probes) -> dict[str, Any]:
+    test_keys = ("image_auroc", "pixel_auroc", "aupro", "synthetic")
+    return {
+        "winner": winner,
+        "reason": reason,
+        "signal": "real defects" if split.real is not None else "probe defects",
+        "budget": {"iterations": budget.iterations, "minutes": budget.minutes, "quick_share": cfg.quick_share},
+        "held_out_goods": split.held_goods,
+        "validation_defects": split.validation_defects,
+        "training_defects": split.training_defects,
+        "n_probe_defects": int(probes.labels.sum()),
+        "candidates": [
+            {
+                "model": n,
+                "role": "quick" if n in cfg.quick else "deep",
+                "iterations": results[n].get("iterations"),
+                "train_seconds": results[n].get("train_seconds"),
+                "validation": signals[n],
+                # the candidate's own evaluation on the test split: for reference, never used to choose
+                "test": {k: results[n].get(k) for k in test_keys},
+            }
+            for n in names
+        ],
+    }
+
+
+def _assemble(run_dir: Path, winner: str, record: dict[str, Any], started: float) -> dict[str, Any]:
+    """The winner's files at the top of the run folder, plus the record of the choice."""
+    src = run_dir / "candidates" / winner
+    for name in WINNER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, run_dir / name)
+    if (src / "heatmaps").is_dir():
+        shutil.rmtree(run_dir / "heatmaps", ignore_errors=True)
+        shutil.copytree(src / "heatmaps", run_dir / "heatmaps")
+    data = load_json(src / "data.json")
+    data["auto"] = {k: record[k] for k in ("held_out_goods", "validation_defects", "training_defects")}
+    save_json(run_dir / "data.json", data)
+    metrics = {**load_json(src / "metrics.json"), "auto": record, "wall_seconds": round(time.time() - started, 2)}
+    save_json(run_dir / CANDIDATES_FILE, record)
+    save_json(run_dir / "metrics.json", metrics)
+    for path in (run_dir / "candidates").glob("*/checkpoint.pt"):  # finished: the bundles are what is kept
+        path.unlink(missing_ok=True)
+    return metrics
