@@ -43,10 +43,14 @@ def start_form(project) -> None:
         if use_baseline:
             model = baseline
         if model == AUTO:
-            st.caption(describe_plan(AutoConfig(), len(project.train_goods()), 0))
+            trains_on_real = any(get_model_class(n).uses_labelled_defects for n in AutoConfig().candidates)
+            k = len(project.training_defects()) if trains_on_real else 0
+            st.caption(describe_plan(AutoConfig(), len(project.train_goods()), k))
             presets, default = auto_presets(), "cpu"
+            uses_real = trains_on_real
         else:
             cls = get_model_class(model)
+            uses_real = cls.uses_labelled_defects
             if cls.description:
                 st.caption(cls.description)
             presets, default = list(cls.presets), cls.default_preset
@@ -69,8 +73,8 @@ def start_form(project) -> None:
         )
         name = st.text_input("Run name (optional)", key="run_name")
     synth = project.load_synth()
-    real = project.training_defects() if cls.uses_labelled_defects else []
-    learns_from(project, synth, cls, real)
+    real = project.training_defects() if uses_real else []
+    learns_from(project, synth, uses_real, real)
     if st.button("Start training", type="primary", key="start_training", disabled=not project.train_goods()):
         spec = RunSpec(
             data=str(project.data_dir),
@@ -90,7 +94,7 @@ def start_form(project) -> None:
         st.success(f"Queued job {job_id}. It runs in the background; you can close this tab.")
 
 
-def learns_from(project, synth, cls, real: list) -> None:
+def learns_from(project, synth, uses_real: bool, real: list) -> None:
     """What the model will learn from: the goods, the project's real defects for training, the synthetic design."""
     n_defects = len(project.defects())
     lines = [
@@ -106,7 +110,7 @@ def learns_from(project, synth, cls, real: list) -> None:
             f"of the samples; the other {n_defects - len(real)} real defect(s) are evaluated"
         )
     elif n_defects:
-        why = "this model does not use them" if not cls.uses_labelled_defects else "none chosen for training"
+        why = "this model does not use them" if not uses_real else "none chosen for training"
         lines.append(f"no real defects ({why}: all {n_defects} are evaluated; choose them on Project & data)")
     st.markdown("The model learns from:\n" + "\n".join(f"- {line}" for line in lines))
 
