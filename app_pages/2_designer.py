@@ -121,9 +121,11 @@ def body() -> None:
         except ReconError as exc:
             st.error(f"No preview: {exc}")
             return
+        outline = st.toggle("Outline the defects", True, key="outline_defects", help="off: see small defects unhidden")
+        drawn = masks if outline else np.zeros_like(masks)  # no outline: the tiles show the defects as trained
         st.image(
-            preview_grid(augmented, masks, columns=4, foregrounds=fg.masks(augmented) if fg.enabled else None),
-            caption="Synthetic defects (outlined in magenta)"
+            preview_grid(augmented, drawn, columns=4, foregrounds=fg.masks(augmented) if fg.enabled else None),
+            caption=("Synthetic defects (outlined in magenta)" if outline else "Synthetic defects (no outlines)")
             + ("; the product (outlined in cyan), background darkened" if fg.enabled else ""),
             width="stretch",
         )

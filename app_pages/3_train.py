@@ -20,17 +20,6 @@ from recon_core.runs import RunSpec
 POLL_S = 2.0
 
 
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else f"{seconds // 60}:{seconds % 60:02d}"
-    )
-
-
 def start_form(project) -> None:
     main = model_names(include_advanced=False)
     advanced = [m for m in model_names() if m not in main]
@@ -177,9 +166,7 @@ def job_panel(project_name: str) -> None:
                 "model": j.model,
                 "state": j.state,
                 "progress": round(100 * j.fraction),
-                "iteration": j.iteration,
-                "elapsed": _fmt_s(j.elapsed_s),
-                "ETA": _fmt_s(j.eta_s) if j.is_active else "",
+                "status": j.progress_text(with_state=False),
                 "error": (j.error or "")[:80],
                 "created": time.strftime("%H:%M:%S", time.localtime(j.created_at)),
             }
@@ -203,13 +190,7 @@ def job_panel(project_name: str) -> None:
         format_func=lambda i: f"{i} · {next(j for j in jobs if j.id == i).state}",
     )
     job = store().get(job_id)
-    st.progress(
-        job.fraction,
-        text=f"{job.state} · {job.stage or ''} · iteration {job.iteration or 0}"
-        f"/{job.total_iterations or '?'} · ETA {_fmt_s(job.eta_s) if job.is_active else '—'}",
-    )
-    if job.state == "queued" and job.queue_position:
-        st.caption(f"Waiting: position {job.queue_position} on {job.device_slot}.")
+    st.progress(job.fraction, text=job.progress_text())
     if job.error:
         st.error(job.error)
     b1, b2, _ = st.columns([1, 1, 4])

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from recon_core.config import from_dict, save_json, to_dict
+from recon_core.config import from_dict, load_json, save_json, to_dict
 from recon_core.errors import ConfigError, DataError, ReconError, TrainingCancelled
 from recon_core.synth import SynthConfig
 
@@ -247,7 +247,8 @@ def _default_threshold(result: Any) -> Any:
     from recon_core.metrics import default_threshold
 
     try:
-        return default_threshold(result.labels, result.scores, bool(result.synthetic))
+        seen = bool(result.metrics.get("evaluation_goods_seen_in_training"))
+        return default_threshold(result.labels, result.scores, bool(result.synthetic), seen)
     except ReconError:
         return None
 
@@ -259,6 +260,11 @@ def _record_leak_check(run_dir: Path, m: dict[str, Any]) -> None:
     for key in ("evaluation_goods_seen_in_training", "excluded_training_images"):
         data[key] = m.get(key)
     save_json(path, data)
+
+
+def finished_run(run_dir: str | Path) -> bool:
+    """A run that completed: its bundle and its metrics are written (the last two things execute_run writes)."""
+    return (Path(run_dir) / "model.pt").is_file() and (Path(run_dir) / "metrics.json").is_file()
 
 
 def execute_run(
@@ -287,6 +293,9 @@ def execute_run(
 
         return run_auto(spec, run_dir, progress=progress, should_stop=should_stop, resume=resume)
     run_dir = Path(run_dir)
+    if resume and finished_run(run_dir):  # nothing to continue: keep its model, threshold and evaluation as they are
+        log.info("run %s already finished: resume changes nothing", run_dir.name)
+        return RunResult(str(run_dir / "model.pt"), load_json(run_dir / "metrics.json"))
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _attach_log(run_dir)
     try:
