@@ -236,6 +236,8 @@ def test_create_project_and_upload_goods(ui: Any, app: dict[str, Any]) -> None:
     ui.get_by_label("New project name").fill("e2e-washer")
     ui.get_by_role("button", name="Create project").click()
     ui.get_by_role("heading", name="Project e2e-washer").wait_for()
+    idle(ui)
+    assert not ui.get_by_label("New project name").is_visible()  # the "New project" box closed (issue 13)
     goods = write_parts(app["tmp"] / "goods", N_GOODS, seed=0)
     upload(ui, "Good images", goods)
     ui.get_by_role("button", name="Import uploaded files").click()
