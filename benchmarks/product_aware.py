@@ -157,19 +157,34 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-sanity", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/product_aware.jsonl")
+    ap.add_argument("--bundle", help="score this trained run (model.pt, with its data.json) instead of training")
     args = ap.parse_args()
     configure_cpu_threads()
     root = resolve_data_path(args.data)
-    cls = get_model_class("draem")
-    config = cls.config_from_preset(args.preset)
-    train = load_folder(root / "train" / "good", config.image_size, shots=SHOTS, seed=args.seed)
-    held = held_out_goods(root, list(train.paths))
-    synth = SynthConfig(texture_source=args.texture_source, foreground=args.foreground, seed=args.seed)
-    model = seeded_model(cls, config, torch.device("cpu"), args.seed)
     load = os.getloadavg()
     t0 = time.perf_counter()
-    summary = fit(model, train.images, synth, Budget(iterations=args.iterations), seed=args.seed)
+    if args.bundle:  # inference only: the run's own training goods, from its data.json
+        from recon_core.bundle import load_bundle
+
+        loaded = load_bundle(args.bundle, "cpu")
+        model, synth = loaded.model, loaded.synth_config or SynthConfig()
+        train_paths = json.loads((Path(args.bundle).parent / "data.json").read_text())["train"]
+        train = load_images(train_paths, model.config.image_size)
+        iterations = int(loaded.metadata.get("iterations", 0))
+        args.preset, args.texture_source, args.foreground = (
+            loaded.metadata.get("preset"),
+            synth.texture_source,
+            synth.foreground,
+        )
+    else:
+        cls = get_model_class("draem")
+        config = cls.config_from_preset(args.preset)
+        train = load_folder(root / "train" / "good", config.image_size, shots=SHOTS, seed=args.seed)
+        synth = SynthConfig(texture_source=args.texture_source, foreground=args.foreground, seed=args.seed)
+        model = seeded_model(cls, config, torch.device("cpu"), args.seed)
+        iterations = fit(model, train.images, synth, Budget(iterations=args.iterations), seed=args.seed).iterations
     train_s = time.perf_counter() - t0
+    held = held_out_goods(root, list(train.paths))
     model.normaliser, norm_figures = calibrate(model, train.images, synth)
     row = {
         "data": args.data,
@@ -178,7 +193,8 @@ def main() -> None:
         "foreground": args.foreground,
         "foreground_decision": estimate_foreground(train.images, args.foreground).reason,
         "seed": args.seed,
-        "iterations": summary.iterations,
+        "iterations": iterations,
+        "bundle": args.bundle,
         "train_seconds": round(train_s, 1),
         "load_before": [round(x, 2) for x in load],
         "load_after": [round(x, 2) for x in os.getloadavg()],
