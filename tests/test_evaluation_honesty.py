@@ -100,6 +100,10 @@ def test_engine_compares_content_not_paths(tmp_path):
     small = execute_run(spec(few), tmp_path / "small")
     assert small.metrics["evaluation_goods_seen_in_training"] is True
     assert any("this run trained on" in w for w in small.metrics["warnings"])
+    default = load_bundle(tmp_path / "small" / "model.pt", "cpu").threshold  # and its threshold says so
+    assert (
+        "good images the run did not train on (these goods were its training images)" in default.params["provisional"]
+    )
 
 
 def test_data_check_reports_duplicates_as_problems(tmp_path, capsys):
@@ -115,6 +119,21 @@ def test_import_warns_about_identical_files(tmp_path):
     p = create_project(tmp_path, "p")
     report = import_uploads(p, [("a.png", png(1)), ("b.png", png(1))])
     assert any(n.startswith("identical files: ") and "a.png" in n and "b.png" in n for n in report.notes)
+
+
+def test_an_evaluation_saved_before_the_check_says_so(tmp_path):
+    from recon_core.evaluation import LEGACY_WARNING, current_evaluation
+
+    run = tmp_path / "run"
+    execute_run(spec(make_mvtec(tmp_path / "data")), run)
+    for name in ("eval.json", "metrics.json"):  # as an older version wrote them
+        data = json.loads((run / name).read_text())
+        target = data["metrics"] if name == "eval.json" else data
+        for key in ("excluded_training_images", "evaluation_goods_seen_in_training", "warnings"):
+            target.pop(key, None)
+        (run / name).write_text(json.dumps(data))
+    assert evaluation_summary(run)["warnings"] == [LEGACY_WARNING]
+    assert current_evaluation(run)[0].metrics["warnings"] == [LEGACY_WARNING]
 
 
 # ---- 2. default threshold ---------------------------------------------------------------------------------
@@ -230,7 +249,7 @@ def test_re_evaluation_on_real_defects_updates_every_summary(tmp_path):
     with zipfile.ZipFile(tmp_path / "x.zip") as zf:
         readme = zf.read("README.txt").decode()
         exported = json.loads(zf.read("metrics.json"))
-    assert "On real defects: 4 good / 4 defect images" in readme and "Synthetic defects only" not in readme
+    assert "Evaluated on real defects: 4 good / 4 defect images" in readme and "Synthetic defects only" not in readme
     assert exported["synthetic"] is False and exported["evaluated_on"] == summary["evaluated_on"]
 
 
