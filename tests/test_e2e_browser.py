@@ -236,6 +236,8 @@ def test_create_project_and_upload_goods(ui: Any, app: dict[str, Any]) -> None:
     ui.get_by_label("New project name").fill("e2e-washer")
     ui.get_by_role("button", name="Create project").click()
     ui.get_by_role("heading", name="Project e2e-washer").wait_for()
+    idle(ui)
+    assert not ui.get_by_label("New project name").is_visible()  # the "New project" box closed (issue 13)
     goods = write_parts(app["tmp"] / "goods", N_GOODS, seed=0)
     upload(ui, "Good images", goods)
     ui.get_by_role("button", name="Import uploaded files").click()
@@ -384,6 +386,24 @@ def test_inspect_a_new_image(ui: Any, app: dict[str, Any]) -> None:
     ui.get_by_text("Heatmap opacity").click()  # any rerun: the result stays on the page
     go(ui, app, "/inspect", "Inspect & export")
     ui.get_by_text(re.compile(rf"{verdict} · {new[0].name}")).wait_for()
+    no_errors(ui)
+
+
+def test_inspect_two_uploads_with_the_same_name(ui: Any, app: dict[str, Any]) -> None:
+    """Issue 13 item 7: two different images both called part.png are two rows with their own scores (the second
+    used to overwrite the first, so both rows showed its score: a defective part could be shown as accepted)."""
+    go(ui, app, "/inspect", "Inspect & export")
+    good = write_parts(app["tmp"] / "same_a", 1, seed=7)[0].rename(app["tmp"] / "same_a" / "part.png")
+    bad = write_parts(app["tmp"] / "same_b", 1, seed=8, scratch=True)[0].rename(app["tmp"] / "same_b" / "part.png")
+    upload(ui, "Images to check", [good, bad])
+    ui.get_by_role("button", name="Run inspection").click()
+    ui.get_by_text(re.compile(r"Last inspection .*2 images")).wait_for()
+    scores = {}
+    for name in ("part.png", "part.png (2)"):
+        caption = ui.get_by_text(re.compile(rf"^(ACCEPT|REVIEW|REJECT) · {re.escape(name)} · -?[0-9.]+$"))
+        scores[name] = float(caption.inner_text().rsplit(" · ", 1)[1])
+    assert scores["part.png"] != scores["part.png (2)"], scores
+    ui.get_by_text("photo · part.png (2)").wait_for()  # the photo is shown beside its heat map
     no_errors(ui)
 
 
