@@ -43,7 +43,8 @@ case "$cmd" in
     setup_env ;;
   app)
     setup_env
-    # first start: the demo project plus a short background DRAEM run on it (~2-3 min on 2 CPU cores)
+    # first start: the demo project plus a short background DRAEM run on it (2-3 min on 2 idle CPU cores, 10+ on a
+    # busy machine); it runs at background priority, so the user's own runs pause it and go first
     python -m recon_core demo --workspace "${RECON_WORKSPACE:-$here/workspace}" --quiet \
       --train "${RECON_DEMO_ITERATIONS:-300}" --preset cpu-fast
     exec python -m streamlit run app.py --server.address "${RECON_ADDRESS:-127.0.0.1}" \

@@ -12,7 +12,7 @@ from app_pages._ui import current_project, guarded, switch_project, thumbs, ws
 from recon_core.workspace import (
     MAX_FILE_BYTES,
     MAX_FILES,
-    add_defect,
+    add_defects,
     create_project,
     import_folder,
     import_uploads,
@@ -50,20 +50,50 @@ def remover(kind: str, names: list[str], remove: Callable[[str], None]) -> None:
         st.rerun()
 
 
+def defect_roles(project, defects: list) -> None:
+    """Which real defects train DRAEM / DSR (transplanted onto goods and shown as they are) and which are evaluated;
+    a defect never does both."""
+    if not defects:
+        return
+    st.markdown("##### Training or evaluation")
+    training = {p.name for p in project.training_defects()}
+    masked = [img.name for img, mask in defects if mask is not None]
+    rows = [
+        {
+            "defect": img.name,
+            "mask": "yes" if mask is not None else "no",
+            "used for": "training (DRAEM, DSR, AAE)" if img.name in training else "evaluation",
+        }
+        for img, mask in defects
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="defect_roles")
+    st.caption(
+        f"{len(training)} defect(s) teach the model what this product's real defects look like; the other "
+        f"{len(defects) - len(training)} measure it. Only defects with a mask can train."
+    )
+    with st.form("training_defects_form"):
+        chosen = st.multiselect("Defects to train with", masked, default=sorted(training), key="training_defects")
+        if st.form_submit_button("Save choice"):
+            project.set_training_defects(chosen)
+            st.rerun()
+
+
 def new_project_form() -> None:
     with st.form("new_project", clear_on_submit=True):
         name = st.text_input("New project name", placeholder="e.g. washer-line-3", key="new_project_name")
         if st.form_submit_button("Create project"):
             project = create_project(ws(), name)
             switch_project(project.name)
-            st.success(f"Project {project.name} created.")
+            # a new key = a new, closed box (an expander keeps the state the user left it in across reruns)
+            st.session_state["new_project_round"] = st.session_state.get("new_project_round", 0) + 1
             st.rerun()
 
 
 def body() -> None:
     st.title("Project & data")
     project = current_project()
-    with st.expander("New project", expanded=project is None):
+    box = f"new_project_box_{st.session_state.get('new_project_round', 0)}"
+    with st.expander("New project", expanded=project is None, key=box):
         new_project_form()
     if project is None:
         st.info(
@@ -110,18 +140,25 @@ def body() -> None:
 
     st.markdown("#### Real defect images (optional)")
     st.caption("A few real defects with binary masks (white = defect, same size as the image) make evaluation honest.")
-    d1, d2 = st.columns(2)
-    defect_file = d1.file_uploader(
-        "Defect image", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], key="upload_defect"
+    round_ = st.session_state.get("upload_round", 0)  # a new round empties the uploaders after an import
+    d1, d2, d3 = st.columns([2, 2, 1])
+    defect_files = d1.file_uploader(
+        "Defect images",
+        type=["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"],
+        accept_multiple_files=True,
+        key=f"upload_defect_{round_}",
     )
-    mask_file = d2.file_uploader(
-        "Its mask (optional)",
+    mask_files = d2.file_uploader(
+        "Their masks (optional; matched by name: 000.png ← 000_mask.png)",
         type=["png", "bmp", "tif", "tiff"],
-        key=f"upload_mask_{st.session_state.get('upload_round', 0)}",
+        accept_multiple_files=True,
+        key=f"upload_mask_{round_}",
     )
-    if st.button("Add defect", key="add_defect", disabled=defect_file is None):
-        mask = (mask_file.name, mask_file.getvalue()) if mask_file is not None else None
-        _show_report(add_defect(project, (defect_file.name, defect_file.getvalue()), mask))
+    defect_type = d3.text_input("Defect type", placeholder="e.g. scratch", key=f"defect_type_{round_}")
+    if st.button("Add defects", key="add_defect", disabled=not defect_files):
+        images = [(f.name, f.getvalue()) for f in defect_files]
+        masks = [(f.name, f.getvalue()) for f in mask_files or []]
+        _show_report(add_defects(project, images, masks or None, defect_type))
 
     st.markdown("#### Split")
     meta = project.meta()
@@ -150,14 +187,20 @@ def body() -> None:
         defects = project.defects()
         if not defects:
             st.caption("No real defects yet: add some above (optional; without them evaluation uses synthetic ones).")
+        types = project.defect_types()
+        if defects:
+            kinds = pd.Series(list(types.values())).value_counts()
+            st.caption("Types: " + ", ".join(f"{k} ({n})" for k, n in kinds.items()))
         for img, mask in defects[:24]:
-            a, b, _ = st.columns([1, 1, 4])
+            a, b, c = st.columns([1, 1, 4])
             a.image(str(img), caption=img.name, width=140)
             if mask is not None:
                 b.image(str(mask), caption="mask", width=140)
             else:
                 b.caption("no mask")
+            c.markdown(f"type **{types.get(img.name, 'defect')}**")
         remover("defect", [img.name for img, _ in defects], lambda name: remove_defect(project, name))
+        defect_roles(project, defects)
     with t_report:
         rows = project.report()
         if rows:

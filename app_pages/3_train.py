@@ -20,17 +20,6 @@ from recon_core.runs import RunSpec
 POLL_S = 2.0
 
 
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else f"{seconds // 60}:{seconds % 60:02d}"
-    )
-
-
 def start_form(project) -> None:
     main = model_names(include_advanced=False)
     advanced = [m for m in model_names() if m not in main]
@@ -43,10 +32,14 @@ def start_form(project) -> None:
         if use_baseline:
             model = baseline
         if model == AUTO:
-            st.caption(describe_plan(AutoConfig(), len(project.train_goods()), 0))
+            trains_on_real = any(get_model_class(n).uses_labelled_defects for n in AutoConfig().candidates)
+            k = len(project.training_defects()) if trains_on_real else 0
+            st.caption(describe_plan(AutoConfig(), len(project.train_goods()), k))
             presets, default = auto_presets(), "cpu"
+            uses_real = trains_on_real
         else:
             cls = get_model_class(model)
+            uses_real = cls.uses_labelled_defects
             if cls.description:
                 st.caption(cls.description)
             presets, default = list(cls.presets), cls.default_preset
@@ -69,10 +62,8 @@ def start_form(project) -> None:
         )
         name = st.text_input("Run name (optional)", key="run_name")
     synth = project.load_synth()
-    st.caption(
-        f"Defect design: synth.json (opacity {synth.opacity_min}–{synth.opacity_max}, textures "
-        f"{synth.texture_source}); {len(project.train_goods())} training goods."
-    )
+    real = project.training_defects() if uses_real else []
+    learns_from(project, synth, uses_real, real)
     if st.button("Start training", type="primary", key="start_training", disabled=not project.train_goods()):
         spec = RunSpec(
             data=str(project.data_dir),
@@ -84,11 +75,33 @@ def start_form(project) -> None:
             minutes=float(amount) if budget_kind == "minutes" else None,
             init_from=str(init / "model.pt") if init is not None else None,
             name=name or None,
+            labelled_defect_files=[str(p) for p in real],
         )
         job_id = store().submit(spec, project=project.name)
         remember(**{f"job:{project.name}": job_id})
         st.session_state["job_select"] = job_id  # follow the new job (the picker below is drawn after this)
         st.success(f"Queued job {job_id}. It runs in the background; you can close this tab.")
+
+
+def learns_from(project, synth, uses_real: bool, real: list) -> None:
+    """What the model will learn from: the goods, the project's real defects for training, the synthetic design."""
+    n_defects = len(project.defects())
+    lines = [
+        f"**{len(project.train_goods())} training goods** (the held-out goods are only evaluated)",
+        f"**synthetic defects** from the design in synth.json (opacity {synth.opacity_min}–{synth.opacity_max}, "
+        f"textures {synth.texture_source}, on {synth.defect_probability:.0%} of the samples)",
+    ]
+    if real:
+        names = ", ".join(p.name for p in real[:6]) + (" …" if len(real) > 6 else "")
+        lines.append(
+            f"**{len(real)} real defect(s)** ({names}): cut out and transplanted onto goods for "
+            f"{synth.real_defect_share:.0%} of the defects, and shown as they are in {synth.real_image_share:.0%} "
+            f"of the samples; the other {n_defects - len(real)} real defect(s) are evaluated"
+        )
+    elif n_defects:
+        why = "this model does not use them" if not uses_real else "none chosen for training"
+        lines.append(f"no real defects ({why}: all {n_defects} are evaluated; choose them on Project & data)")
+    st.markdown("The model learns from:\n" + "\n".join(f"- {line}" for line in lines))
 
 
 def loss_chart(rows: list[dict]) -> go.Figure | None:
@@ -153,9 +166,7 @@ def job_panel(project_name: str) -> None:
                 "model": j.model,
                 "state": j.state,
                 "progress": round(100 * j.fraction),
-                "iteration": j.iteration,
-                "elapsed": _fmt_s(j.elapsed_s),
-                "ETA": _fmt_s(j.eta_s) if j.is_active else "",
+                "status": j.progress_text(with_state=False),
                 "error": (j.error or "")[:80],
                 "created": time.strftime("%H:%M:%S", time.localtime(j.created_at)),
             }
@@ -179,13 +190,7 @@ def job_panel(project_name: str) -> None:
         format_func=lambda i: f"{i} · {next(j for j in jobs if j.id == i).state}",
     )
     job = store().get(job_id)
-    st.progress(
-        job.fraction,
-        text=f"{job.state} · {job.stage or ''} · iteration {job.iteration or 0}"
-        f"/{job.total_iterations or '?'} · ETA {_fmt_s(job.eta_s) if job.is_active else '—'}",
-    )
-    if job.state == "queued" and job.queue_position:
-        st.caption(f"Waiting: position {job.queue_position} on {job.device_slot}.")
+    st.progress(job.fraction, text=job.progress_text())
     if job.error:
         st.error(job.error)
     b1, b2, _ = st.columns([1, 1, 4])

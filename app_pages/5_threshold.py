@@ -115,7 +115,8 @@ def body() -> None:
         f"Set on {evaluated_on(result.metrics)}. With {n_good} good images the false-alarm rate moves in steps of "
         f"{1 / max(n_good, 1):.1%}; a target of p needs about 3/p of them (e.g. 300 for 1 %)."
     )
-    thr = metrics.annotate(choose(result, run_dir.name), result.labels, result.synthetic)
+    seen = bool(result.metrics.get("evaluation_goods_seen_in_training"))
+    thr = metrics.annotate(choose(result, run_dir.name), result.labels, result.synthetic, seen)
     for text in thr.params.get("warnings", []):
         st.warning(text)
     st.markdown(

@@ -4,7 +4,6 @@ export the bundle zip and ONNX."""
 from __future__ import annotations
 
 import io
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from app_pages._ui import bundle, guarded, pick_run, require_project
 from recon_core.export import export_bundle_zip, export_onnx
 from recon_core.images import list_images
 from recon_core.inference import overlay, predict_paths
-from recon_core.workspace import MAX_FILES, load_inspection, safe_extract_zip, save_inspection
+from recon_core.uploads import MAX_FILES, ImportReport, stage_uploads, staging_dir
+from recon_core.workspace import load_inspection, save_inspection
 
 ONNX_NOTE = """The bundle zip holds `model.onnx`, `threshold.json`, `predict_onnx.py` and `preprocess.py` (this
 app's own preprocessing: the same resize, so the same scores and verdicts). Unzip it, then:
@@ -60,41 +60,32 @@ def inspect(run_dir: Path) -> None:
     show_last(run_dir)
 
 
-def _stage(files, tmp: Path) -> list[Path]:
-    """Uploaded files (images, zips unpacked with the safe extractor) written to `tmp`."""
-    paths: list[Path] = []
-    for f in files[:MAX_FILES]:
-        if f.name.lower().endswith(".zip"):
-            extracted, notes = safe_extract_zip(f.getvalue(), tmp / f"zip{len(paths)}")
-            paths += extracted
-            for note in notes:
-                st.info(note)
-        else:
-            target = tmp / Path(f.name).name
-            target.write_bytes(f.getvalue())
-            paths.append(target)
-    return paths
-
-
 def run_inspection(run_dir: Path, files, folder: str | None) -> None:
-    """Score the images and keep the result in the run folder (shown until the next inspection)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) if files else Path(folder).expanduser()
-        paths = _stage(files, base) if files else list_images(base)[:MAX_FILES]
-        if not paths:
+    """Score the images and keep the result in the run folder (shown until the next inspection). Uploads go through
+    recon_core.uploads (the import page's staging: clean unique names, size caps), so two files with the same name
+    are two rows."""
+    report = ImportReport()
+    with staging_dir() as tmp:
+        if files:
+            staged = stage_uploads([(f.name, f.getvalue()) for f in files], tmp, report)
+        else:
+            base = Path(folder).expanduser()
+            staged = [(p.relative_to(base).as_posix(), p) for p in list_images(base)[:MAX_FILES]]
+        for f in report.refused:
+            st.warning(f"{f.name}: {f.reason}")
+        for note in report.notes:
+            st.info(note)
+        if not staged:
             st.warning("No images to inspect.")
             return
-        with st.spinner(f"Scoring {len(paths)} image(s)…"):
-            rows, maps, images = predict_paths(bundle(run_dir), paths)
-
-    def shown(path: str) -> str:  # the name relative to the upload / folder: unique, and readable
-        return Path(path).relative_to(base).as_posix() if Path(path).is_relative_to(base) else Path(path).name
-
+        shown = {str(path): name for name, path in staged}
+        with st.spinner(f"Scoring {len(staged)} image(s)…"):
+            rows, maps, images = predict_paths(bundle(run_dir), [path for _, path in staged])
     save_inspection(
         run_dir,
-        [{**r, "path": shown(r["path"])} for r in rows],
-        {shown(k): v for k, v in maps.items()},
-        {shown(k): v for k, v in images.items()},
+        [{**r, "path": shown.get(r["path"], r["path"])} for r in rows],
+        {shown.get(k, k): v for k, v in maps.items()},
+        {shown.get(k, k): v for k, v in images.items()},
     )
 
 
@@ -127,16 +118,21 @@ def show_last(run_dir: Path) -> None:
         return
     vmin = min(float(np.min(maps[r["path"]])) for r in shown)  # one colour scale for the whole inspection
     vmax = max(float(np.max(maps[r["path"]])) for r in shown)
-    st.caption("Heat maps: blue = normal, red = the most anomalous spot of this inspection (one scale for all).")
+    st.caption(
+        "Each image beside its heat map: blue = normal, red = the most anomalous spot of this inspection "
+        "(one scale for all)."
+    )
     cols = st.columns(4)
     for i, row in enumerate(shown):
         name = row["path"]
-        with cols[i % 4]:
-            st.image(
-                overlay(images[name], maps[name], alpha, vmin, vmax),
-                caption=f"{(row['verdict'] or 'no threshold').upper()} · {name} · {row['score']:.5f}",
-                width="stretch",
-            )
+        verdict = (row["verdict"] or "no threshold").upper()
+        photo, heat = cols[(2 * i) % 4], cols[(2 * i + 1) % 4]
+        photo.image(images[name], caption=f"photo · {name}", width="stretch")
+        heat.image(
+            overlay(images[name], maps[name], alpha, vmin, vmax),
+            caption=f"{verdict} · {name} · {row['score']:.5f}",
+            width="stretch",
+        )
     if len(shown) < sum(r["score"] is not None for r in rows):
         st.caption(f"Heat maps of the first {len(shown)} images are kept; all scores are in the table and the CSV.")
 

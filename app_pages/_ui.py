@@ -6,7 +6,10 @@ Pages stay thin: they read state from the workspace, call recon_core and draw. T
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +22,26 @@ from recon_core.errors import ReconError
 from recon_core.workspace import Project, list_projects, open_project, workspace_root
 
 STATE_FILE = "app_state.json"
+
+
+def _warm_imports() -> None:
+    """Import torch and the models once per server process, in the background. The Train page needs them (device
+    list, presets) and importing torch took 4-10 s on a busy machine: paid by whoever opened Train first. Started
+    when the first page loads (usually Project & data, which needs no torch), so Train finds them imported."""
+
+    def work() -> None:
+        with contextlib.suppress(Exception):  # a failure shows on the page that needs the module, not here
+            import recon_core.models
+            import recon_core.runs
+            from recon_core.device import available_devices
+
+            available_devices()
+            recon_core.models.model_names()
+
+    threading.Thread(target=work, name="recon-warm-imports", daemon=True).start()
+
+
+_warm_imports()  # module level: runs once per process (Python caches the module)
 
 
 def ws() -> Path:
@@ -79,6 +102,10 @@ def guarded(body: Callable[[], None]) -> None:
         body()
     except ReconError as exc:
         st.error(str(exc))
+    except sqlite3.OperationalError as exc:  # busy / locked: not damage
+        st.error(f"The job database is busy ({exc}); try again in a moment.")
+    except sqlite3.DatabaseError as exc:  # jobs.sqlite damaged while the app ran: rebuild it from the run folders
+        st.warning(job_store(str(ws())).repair(str(exc)) + " Reload the page.")
     except Exception as exc:  # the page must never show a raw traceback
         if type(exc).__name__ in ("StopException", "RerunException"):  # Streamlit control flow
             raise
@@ -95,7 +122,12 @@ def job_store(path: str) -> Any:
 
 
 def store() -> Any:
-    return job_store(str(ws()))
+    """The workspace's job store; when opening it found jobs.sqlite damaged and rebuilt it, say so (once a session)."""
+    jobs = job_store(str(ws()))
+    if jobs.repaired and st.session_state.get("_repair_seen") != jobs.repaired:
+        st.session_state["_repair_seen"] = jobs.repaired
+        st.warning(jobs.repaired)
+    return jobs
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sqlite3
 import sys
 
 from recon_core.errors import ReconError
@@ -50,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except ReconError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.OperationalError as exc:  # busy / locked: not damage
+        print(f"error: the job database is busy ({exc}); try again", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:  # the job database was damaged while this command ran
+        print(
+            f"error: the job database is damaged ({exc}). `python -m recon_core jobs repair` moves it aside and "
+            "rebuilds the job list from the run folders.",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -18,6 +18,21 @@ def available_devices() -> list[str]:
     return devices
 
 
+def normalize_device(preference: str | None) -> str:
+    """The one name of a device setting, for "one job per device": 'auto' -> what it picks; 'cpu', 'CPU', 'cpu:0',
+    'cpu:1' -> 'cpu' (one pool of cores, whatever the index); 'cuda' -> 'cuda:0'; 'mps:0' -> 'mps'.
+    ConfigError for anything else."""
+    text = (preference or "auto").strip().lower()
+    if text == "auto":
+        text = available_devices()[0]
+    kind, sep, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (sep and not index.isdigit()):
+        raise ConfigError(f"unknown device {preference!r}: use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda":
+        return f"cuda:{int(index or 0)}"
+    return kind
+
+
 def resolve_device(preference: str = "auto") -> torch.device:
     """'auto' picks the best available device; 'cpu', 'cuda', 'cuda:1', 'mps' are checked."""
     if preference in ("", "auto", None):

@@ -308,7 +308,7 @@ def load_eval(path: str | Path) -> EvalResult:
         has_masks=bool(meta.get("has_masks")),
         paths=list(meta.get("paths", [])),
         defect_types=list(meta.get("defect_types", [])),
-        metrics=dict(meta.get("metrics", {})),
+        metrics=with_legacy_warning(dict(meta.get("metrics", {}))),
         synthetic=bool(meta.get("synthetic")),
     )
 
@@ -332,6 +332,19 @@ EVAL_KEYS = (
     "evaluation_training_goods",
     "warnings",
 )
+
+
+LEGACY_WARNING = (
+    "This evaluation was made before Recon Studio checked evaluations for the run's own training images: it may "
+    "include some. Evaluate again (Evaluate page or `python -m recon_core eval`)."
+)
+
+
+def with_legacy_warning(m: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation saved without the training-image check (older versions) says so."""
+    if "n_good" in m and "excluded_training_images" not in m:
+        m = {**m, "warnings": [LEGACY_WARNING, *(m.get("warnings") or [])]}
+    return m
 
 
 def evaluated_on(m: dict[str, Any]) -> str:
@@ -384,6 +397,7 @@ def evaluation_summary(run_dir: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(m, dict):
         return {}
+    m = with_legacy_warning(m)
     out = {key: m.get(key) for key in EVAL_KEYS}
     out["warnings"] = list(m.get("warnings") or [])
     out["evaluated_on"] = m.get("evaluated_on") or (evaluated_on(m) if "n_good" in m else None)

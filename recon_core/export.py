@@ -163,7 +163,7 @@ def _evaluation_text(metrics: dict[str, Any]) -> str:
         for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
         if isinstance(metrics.get(key), int | float)
     )
-    lines = [f"On {evaluated_on(metrics)}: {figures or 'no figures'}."]
+    lines = [f"Evaluated on {evaluated_on(metrics)}: {figures or 'no figures'}."]
     if metrics.get("synthetic"):
         lines.append("Synthetic defects only: no real defect images were available, so these figures are optimistic.")
     lines += [f"WARNING: {w}" for w in metrics.get("warnings") or []]

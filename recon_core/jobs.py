@@ -66,7 +66,8 @@ TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 RESUMABLE_STATES = ("failed", "cancelled", "interrupted")
 
 DB_NAME = "jobs.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: priority + yield_requested (background jobs yield to the user's)
+PRIORITIES = {"normal": 0, "background": 1}  # lower runs first; a background job yields its device to a normal one
 BUSY_TIMEOUT_MS = 30_000
 HEARTBEAT_S = 2.0  # worker -> DB heartbeat period
 CANCEL_POLL_S = 0.5  # worker reads cancel_requested this often (cancel latency ~ this + one iteration)
@@ -109,7 +110,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     losses TEXT,
     images_per_s REAL,
     elapsed_s REAL,
-    eta_s REAL
+    eta_s REAL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    yield_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, device_slot, queue_seq);
 CREATE TABLE IF NOT EXISTS progress (
@@ -137,6 +140,12 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_job ON logs(job_id, id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_MIGRATIONS = {  # from schema version N to N + 1
+    1: (
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN yield_requested INTEGER NOT NULL DEFAULT 0",
+    ),
+}
 
 # Popen handles of workers this process started: polled so that finished children are reaped (no zombies in a
 # long-running app process).
@@ -179,6 +188,44 @@ class Job:
     elapsed_s: float | None = None
     eta_s: float | None = None
     queue_position: int | None = None  # 1 = next to start on its device (queued jobs only)
+    priority: int = 0  # PRIORITIES: 0 normal, 1 background (the demo run)
+    waiting_for: str | None = None  # queued jobs: why it has not started (what holds its device)
+
+    @property
+    def budget_minutes(self) -> float | None:
+        minutes = self.spec.get("minutes")
+        return float(minutes) if minutes and not self.spec.get("iterations") else None
+
+    def progress_text(self, with_state: bool = True) -> str:
+        """One line for a person: what the job is doing, in the units of its budget. Queued: why it waits.
+        Iterations budget: iteration i/N and ETA. Minutes budget: elapsed of the budget and time left (the total
+        number of iterations is only an estimate there, so it is not shown as one)."""
+        state = self.state + (" (cancel requested)" if self.cancel_requested and self.state == "running" else "")
+        parts = [state] if with_state else []
+        if self.state == "queued":
+            parts.append(self.waiting_for or "starts when its device is free")
+            return " · ".join(parts)
+        minutes = self.budget_minutes
+        if self.stage and self.state == "running":
+            parts.append(self.stage)
+        if minutes is not None:
+            budget = format_duration(minutes * 60)
+            if self.elapsed_s is not None:
+                parts.append(f"{format_duration(self.elapsed_s)} of {budget}")
+                if self.is_active:
+                    parts.append(f"{format_duration(max(0.0, minutes * 60 - self.elapsed_s))} left")
+            else:
+                parts.append(f"{budget} budget")
+            if self.iteration:
+                parts.append(f"{self.iteration} iterations")
+        elif self.iteration:
+            total = f"/{self.total_iterations}" if self.total_iterations else ""
+            parts.append(f"iteration {self.iteration}{total}")
+            if self.is_active and self.eta_s is not None:
+                parts.append(f"ETA {format_duration(self.eta_s)}")
+        elif self.state == "running":
+            parts.append("starting (loading data and model)")
+        return " · ".join(parts)
 
     @property
     def model(self) -> str:
@@ -202,6 +249,8 @@ class Job:
         """Training progress in [0, 1] (1 for succeeded jobs)."""
         if self.state == "succeeded":
             return 1.0
+        if self.budget_minutes is not None:  # a time budget: the iteration total is an estimate, the clock is not
+            return min(1.0, (self.elapsed_s or 0.0) / (60 * self.budget_minutes))
         if not self.iteration or not self.total_iterations:
             return 0.0
         return min(1.0, self.iteration / self.total_iterations)
@@ -211,11 +260,21 @@ class Job:
         return self.run_dir / LOG_FILE
 
 
+def format_duration(seconds: float | None) -> str:
+    """m:ss, or h:mm:ss from an hour; '—' when unknown."""
+    if seconds is None:
+        return "—"
+    seconds = max(0, round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 class JobQueue(Protocol):
     """What the app and CLI need from a job backend. `JobStore` (SQLite + local worker processes) is the only one
     today; a multi-machine backend (workers on other hosts claiming from a shared queue) would implement this."""
 
-    def submit(self, spec: Any, project: str | None = None) -> str: ...
+    def submit(self, spec: Any, project: str | None = None, priority: str = "normal") -> str: ...
     def list_jobs(self, project: str | None = None) -> list[Job]: ...
     def get(self, job_id: str) -> Job: ...
     def cancel(self, job_id: str) -> Job: ...
@@ -236,15 +295,10 @@ def default_workspace() -> Path:
 
 
 def device_slot(device: str | None) -> str:
-    """The concurrency key of a device setting: 'auto' resolves to what it would pick; 'cuda' means 'cuda:0'."""
-    device = (device or "auto").strip().lower()
-    if device in ("", "auto"):
-        from recon_core.device import available_devices  # imports torch: only when a job is submitted
+    """The concurrency key of a device setting (device.normalize_device: 'cpu', 'cpu:0', 'cpu:1' are one slot)."""
+    from recon_core.device import normalize_device  # imports torch: only when a job is submitted
 
-        device = available_devices()[0]
-    if device == "cuda":
-        device = "cuda:0"
-    return device
+    return normalize_device(device)
 
 
 def _process_create_time(pid: int) -> float | None:
@@ -368,6 +422,7 @@ class JobStore:
         self.autostart = autostart
         self._local = threading.local()
         self._last_reconcile = 0.0
+        self.repaired: str | None = None  # set when opening found the database damaged and rebuilt it
         self._init_schema()
         if per_device_limit is not None:
             self.set_per_device_limit(per_device_limit)
@@ -406,20 +461,127 @@ class JobStore:
         conn.execute("COMMIT")
 
     def _init_schema(self) -> None:
+        """Create or migrate the schema; a damaged file (not a busy or unreadable one) is repaired."""
         try:
             conn = self._conn()
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise ReconError(f"{self.db_path}: made by a newer Recon Studio (schema {version}); upgrade")
-            if version == SCHEMA_VERSION:
-                return  # the usual case: no write lock needed to open a store
-            with self._write() as c:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        c.execute(statement)
-                c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
+            if version < SCHEMA_VERSION:  # the usual case (equal) needs no write lock
+                with self._write() as c:
+                    version = c.execute("PRAGMA user_version").fetchone()[0]  # another process may have done it
+                    if version == 0:
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                c.execute(statement)
+                    else:
+                        for v in range(version, SCHEMA_VERSION):
+                            for statement in _MIGRATIONS[v]:
+                                c.execute(statement)
+                    c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.OperationalError as exc:  # busy, locked, no permission: not damage, never moved aside
             raise ReconError(f"{self.db_path}: cannot open the job database ({exc})") from exc
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            self.repair(str(exc))
+            return
+        problem = self.damage()
+        if problem:
+            self.repair(problem)
+
+    # ---- damage and repair --------------------------------------------------------------------------------
+    def damage(self) -> str | None:
+        """What is wrong with the database file (sqlite's quick_check), or None when it is sound."""
+        try:
+            rows = self._conn().execute("PRAGMA quick_check").fetchall()
+        except sqlite3.OperationalError:
+            return None  # busy or locked is not damage
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        messages = [r[0] for r in rows]
+        return None if messages == ["ok"] else "; ".join(messages[:3])
+
+    def repair(self, reason: str = "asked for") -> str:
+        """Move a damaged jobs.sqlite aside (kept as jobs.sqlite.damaged-<time>) and rebuild the job records from
+        the run folders (<workspace>/<project>/runs/<job id>/: spec.json, metrics.json, model.pt, checkpoint.pt).
+        Finished runs come back `succeeded` with their metrics; the others `interrupted` (resume continues from
+        their checkpoint). Logs and loss curves stay in each run folder (worker.log, losses.csv). Returns the
+        message, also kept in `self.repaired`."""
+        self.close()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.db_path.with_name(f"{DB_NAME}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.db_path) + suffix)
+            if src.exists():
+                src.replace(Path(str(aside) + suffix))
+        self._init_fresh()
+        rebuilt = self._rebuild_from_run_folders()
+        counts: dict[str, int] = {}
+        for state in rebuilt.values():
+            counts[state] = counts.get(state, 0) + 1
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no run folders"
+        self.repaired = (
+            f"The job database was damaged ({reason[:200]}). It was moved aside to {aside.name} and the job list "
+            f"was rebuilt from the run folders ({summary}). Logs and loss curves of older attempts are in each run "
+            "folder (worker.log, losses.csv); interrupted jobs can be resumed."
+        )
+        log.warning("%s", self.repaired)
+        return self.repaired
+
+    def _init_fresh(self) -> None:
+        with self._write() as c:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    c.execute(statement)
+            c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _rebuild_from_run_folders(self) -> dict[str, str]:
+        from recon_core.device import normalize_device
+
+        rebuilt: dict[str, str] = {}
+        spec_files = sorted(self.workspace.glob("*/runs/*/spec.json"), key=lambda p: p.stat().st_mtime)
+        with self._write() as c:
+            for seq, spec_file in enumerate(spec_files, start=1):
+                run_dir = spec_file.parent
+                project = run_dir.parent.parent.name
+                try:
+                    spec = json.loads(spec_file.read_text())
+                    slot = normalize_device(spec.get("device"))
+                except (OSError, ValueError, ReconError):
+                    continue  # not a run this store can describe
+                created = spec_file.stat().st_mtime
+                metrics_file = run_dir / "metrics.json"
+                finished = (run_dir / "model.pt").is_file() and metrics_file.is_file()
+                metrics: dict[str, Any] = {}
+                if finished:
+                    with contextlib.suppress(OSError, ValueError):
+                        metrics = json.loads(metrics_file.read_text())
+                state = "succeeded" if finished else "interrupted"
+                error = None if finished else "record rebuilt after the job database was damaged; resume to continue"
+                result = {"bundle_path": str(run_dir / "model.pt"), "metrics": metrics} if finished else None
+                c.execute(
+                    "INSERT OR IGNORE INTO jobs(id, project, state, spec, device_slot, queue_seq, run_dir, created_at,"
+                    " queued_at, finished_at, error, result, iteration, total_iterations, resume)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_dir.name,
+                        project,
+                        state,
+                        json.dumps(spec),
+                        slot,
+                        seq,
+                        f"{project}/runs/{run_dir.name}",
+                        created,
+                        created,
+                        metrics_file.stat().st_mtime if finished else None,
+                        error,
+                        json.dumps(result, default=str) if result is not None else None,
+                        metrics.get("iterations"),
+                        metrics.get("total_iterations") or metrics.get("iterations"),
+                        0 if finished else 1,
+                    ),
+                )
+                rebuilt[run_dir.name] = state
+        return rebuilt
 
     # ---- settings -----------------------------------------------------------------------------------------
     def per_device_limit(self) -> int:
@@ -461,18 +623,45 @@ class JobStore:
             images_per_s=row["images_per_s"],
             elapsed_s=row["elapsed_s"],
             eta_s=row["eta_s"],
+            priority=row["priority"],
         )
 
-    def _queue_positions(self) -> dict[str, int]:
-        rows = (
-            self._conn().execute("SELECT id, device_slot FROM jobs WHERE state='queued' ORDER BY queue_seq").fetchall()
-        )
+    def _queue_positions(self) -> dict[str, tuple[int, str]]:
+        """{queued job id: (position on its device, why it waits)}, in claim order (priority, then FIFO)."""
+        conn = self._conn()
+        rows = conn.execute(
+            "SELECT id, device_slot, priority FROM jobs WHERE state='queued' ORDER BY priority, queue_seq"
+        ).fetchall()
+        running: dict[str, list[sqlite3.Row]] = {}
+        held = "SELECT id, device_slot, spec, priority, yield_requested FROM jobs WHERE state='running'"
+        for r in conn.execute(held):
+            running.setdefault(r["device_slot"], []).append(r)
+        limit = self.per_device_limit()
         counts: dict[str, int] = {}
-        positions = {}
+        out: dict[str, tuple[int, str]] = {}
         for row in rows:
-            counts[row["device_slot"]] = counts.get(row["device_slot"], 0) + 1
-            positions[row["id"]] = counts[row["device_slot"]]
-        return positions
+            slot = row["device_slot"]
+            counts[slot] = counts.get(slot, 0) + 1
+            position = counts[slot]
+            busy = running.get(slot, [])
+            if len(busy) >= limit:
+                holder = busy[0]
+                name = json.loads(holder["spec"]).get("name")
+                what = f"job {holder['id']}" + (f" ({name})" if name else "")
+                if holder["yield_requested"]:
+                    why = f"{what} is pausing to free {slot} for it" if position == 1 else f"waiting for {what}"
+                else:
+                    why = f"waiting for {what} to finish on {slot}"
+            elif position > 1:
+                why = f"{position - 1} job(s) ahead on {slot}"
+            else:
+                why = f"starting on {slot}"
+            if position > 1 and len(busy) >= limit:
+                why += f"; {position - 1} job(s) ahead"
+            if row["priority"] > 0:
+                why += "; background job: yields to your runs"
+            out[row["id"]] = (position, why)
+        return out
 
     def get(self, job_id: str) -> Job:
         """The job's current state; ReconError if there is no such job. Notices dead workers (at most every 2 s), so
@@ -484,7 +673,7 @@ class JobStore:
             raise ReconError(f"no job {job_id!r} in {self.db_path}")
         job = self._row_to_job(row)
         if job.state == "queued":
-            job.queue_position = self._queue_positions().get(job.id)
+            job.queue_position, job.waiting_for = self._queue_positions().get(job.id, (None, None))
         return job
 
     def list_jobs(self, project: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
@@ -504,7 +693,7 @@ class JobStore:
         jobs = [self._row_to_job(r) for r in self._conn().execute(sql, params).fetchall()]
         positions = self._queue_positions()
         for job in jobs:
-            job.queue_position = positions.get(job.id)
+            job.queue_position, job.waiting_for = positions.get(job.id, (None, None))
         return jobs
 
     def progress_rows(self, job_id: str, since_id: int = 0) -> list[dict[str, Any]]:
@@ -548,7 +737,7 @@ class JobStore:
         return text
 
     # ---- submitting and changing jobs ---------------------------------------------------------------------
-    def submit(self, spec: Any, project: str | None = None) -> str:
+    def submit(self, spec: Any, project: str | None = None, priority: str = "normal") -> str:
         """Queue a training run (a recon_core.runs.RunSpec) and start it when its device is free; returns the job
         id. Bad settings (unknown keys, model config, budget) and a missing data folder raise ReconError now; the
         spec is stored with the data path made absolute so the worker finds it from any directory."""
@@ -560,6 +749,8 @@ class JobStore:
         spec_dict["data"] = str(_resolve_data(data))
         _validate_spec(spec_dict)
         slot = device_slot(spec_dict.get("device"))
+        if priority not in PRIORITIES:
+            raise ConfigError(f"submit: priority {priority!r} is not one of {list(PRIORITIES)}")
         now = time.time()
         for _ in range(5):  # ids are random; retry on the (unlikely) collision
             job_id = _new_job_id()
@@ -568,8 +759,18 @@ class JobStore:
                     seq = c.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs").fetchone()[0]
                     c.execute(
                         "INSERT INTO jobs(id, project, state, spec, device_slot, queue_seq, run_dir, created_at,"
-                        " queued_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                        (job_id, project, json.dumps(spec_dict), slot, seq, f"{project}/runs/{job_id}", now, now),
+                        " queued_at, priority) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            job_id,
+                            project,
+                            json.dumps(spec_dict),
+                            slot,
+                            seq,
+                            f"{project}/runs/{job_id}",
+                            now,
+                            now,
+                            PRIORITIES[priority],
+                        ),
                     )
                 break
             except sqlite3.IntegrityError:
@@ -577,9 +778,31 @@ class JobStore:
         else:  # pragma: no cover - 5 collisions of 24 random bits in the same second
             raise ReconError("could not allocate a job id")
         self._log(job_id, "INFO", f"queued on {slot}: {spec_dict.get('model')} on {spec_dict['data']}")
+        self._preempt_background(slot)
         if self.autostart:
             self.kick()
         return job_id
+
+    def _preempt_background(self, slot: str) -> None:
+        """A normal job waits on `slot` while a background job (the demo run) holds it: ask that job to pause. Its
+        worker stops after the current iteration with a checkpoint and the job goes back to the queue (behind the
+        user's jobs, resuming where it stopped) instead of ending `cancelled`."""
+        with self._write() as c:
+            waiting = c.execute(
+                "SELECT 1 FROM jobs WHERE state='queued' AND device_slot=? AND priority=0 LIMIT 1", (slot,)
+            ).fetchone()
+            running = c.execute(
+                "SELECT id, priority, yield_requested FROM jobs WHERE state='running' AND device_slot=?", (slot,)
+            ).fetchall()
+            if waiting is None or len(running) < self.per_device_limit():
+                return
+            if any(r["yield_requested"] for r in running):
+                return  # one is already making room
+            victim = next((r["id"] for r in running if r["priority"] > 0), None)
+            if victim is None:
+                return
+            c.execute("UPDATE jobs SET yield_requested=1, cancel_requested=1 WHERE id=?", (victim,))
+        self._log(victim, "INFO", f"pausing: a run of yours is waiting for {slot}; this job continues afterwards")
 
     def cancel(self, job_id: str) -> Job:
         """Stop a job. Queued (or interrupted) jobs become `cancelled` at once; a running job is asked to stop and
@@ -594,8 +817,8 @@ class JobStore:
                 c.execute(
                     "UPDATE jobs SET state='cancelled', finished_at=?, error=NULL WHERE id=?", (time.time(), job_id)
                 )
-            elif state == "running":
-                c.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
+            elif state == "running":  # the user's cancel wins over a pending pause (no requeue)
+                c.execute("UPDATE jobs SET cancel_requested=1, yield_requested=0 WHERE id=?", (job_id,))
             else:
                 raise ReconError(
                     f"job {job_id} has already {'ended' if state != 'cancelled' else 'been cancelled'}"
@@ -617,11 +840,12 @@ class JobStore:
                 )
             seq = c.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs").fetchone()[0]
             c.execute(
-                "UPDATE jobs SET state='queued', resume=1, cancel_requested=0, error=NULL, finished_at=NULL,"
-                " pid=NULL, pid_create_time=NULL, host=NULL, queue_seq=?, queued_at=? WHERE id=?",
+                "UPDATE jobs SET state='queued', resume=1, cancel_requested=0, yield_requested=0, error=NULL,"
+                " finished_at=NULL, pid=NULL, pid_create_time=NULL, host=NULL, queue_seq=?, queued_at=? WHERE id=?",
                 (seq, time.time(), job_id),
             )
         self._log(job_id, "INFO", f"resume requested (was {row['state']})")
+        self._preempt_background(self.get(job_id).device_slot)
         if self.autostart:
             self.kick()
         return self.get(job_id)
@@ -724,7 +948,8 @@ class JobStore:
             running: dict[str, int] = {}
             for row in c.execute("SELECT device_slot, COUNT(*) AS n FROM jobs WHERE state='running' GROUP BY 1"):
                 running[row["device_slot"]] = row["n"]
-            for row in c.execute("SELECT id, device_slot FROM jobs WHERE state='queued' ORDER BY queue_seq"):
+            rows = c.execute("SELECT id, device_slot FROM jobs WHERE state='queued' ORDER BY priority, queue_seq")
+            for row in rows.fetchall():
                 slot = row["device_slot"]
                 if slots is not None and slot not in slots:
                     continue
@@ -921,10 +1146,19 @@ class _Worker:
     def finish(self, state: str, error: str | None = None, result: dict | None = None) -> None:
         self.done.set()  # stop the heartbeat first: after the final write it would find the row no longer ours
         self.flush_progress()
-        n = self._owned_update(
-            "UPDATE jobs SET state=?, finished_at=?, error=?, result=?, cancel_requested=0",
-            (state, time.time(), _storable(error), json.dumps(result) if result is not None else None),
-        )
+        try:
+            n = self._owned_update(
+                "UPDATE jobs SET state=?, finished_at=?, error=?, result=?, cancel_requested=0",
+                (state, time.time(), _storable(error), json.dumps(result) if result is not None else None),
+            )
+        except sqlite3.DatabaseError as exc:  # the run folder holds the outcome; `jobs repair` rebuilds the record
+            print(
+                f"job {self.job_id}: {state}, but the job database could not record it ({exc}); the run folder "
+                "has the result. `python -m recon_core jobs repair` (or opening the app) rebuilds the job list.",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
         if n:
             log.info("job %s: %s%s", self.job_id, state, f": {error}" if error else "")
 
@@ -948,6 +1182,9 @@ class _Worker:
                 raise TrainingCancelled("cancelled before training started")
             result = runner(spec, run_dir, progress=self.progress, should_stop=self.stop.is_set, resume=resume)
         except TrainingCancelled as exc:
+            if self._yield_requested():
+                self.requeue()
+                return 0
             self.finish("cancelled", str(exc) or "cancelled; last checkpoint kept")
             return 0
         except ReconError as exc:
@@ -965,6 +1202,22 @@ class _Worker:
             log.info("cancel arrived after training finished; keeping the finished result")
         self.finish("succeeded", None, _result_dict(result, self.store.workspace))
         return 0
+
+    def _yield_requested(self) -> bool:
+        row = self.store._conn().execute("SELECT yield_requested FROM jobs WHERE id=?", (self.job_id,)).fetchone()
+        return bool(row and row["yield_requested"])
+
+    def requeue(self) -> None:
+        """A background job paused for a user's job: back to the queue, to resume from its checkpoint."""
+        self.done.set()
+        self.flush_progress()
+        n = self._owned_update(
+            "UPDATE jobs SET state='queued', resume=1, cancel_requested=0, yield_requested=0, pid=NULL,"
+            " pid_create_time=NULL, host=NULL",
+            (),
+        )
+        if n:
+            log.info("job %s: paused for another job; queued again, resumes from its checkpoint", self.job_id)
 
     def _cancel_requested(self) -> bool:
         row = self.store._conn().execute("SELECT cancel_requested FROM jobs WHERE id=?", (self.job_id,)).fetchone()

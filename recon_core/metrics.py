@@ -357,9 +357,12 @@ def fpr_support(n_good: int, target_fpr: float) -> list[str]:
     return out
 
 
-def provisional_reason(n_good: int, n_defect: int, synthetic: bool) -> str | None:
-    """None when the evaluation can back a threshold; else the sentence saying what would make it trustworthy."""
+def provisional_reason(n_good: int, n_defect: int, synthetic: bool, trained_on: bool = False) -> str | None:
+    """None when the evaluation can back a threshold; else the sentence saying what would make it trustworthy.
+    `trained_on`: the goods are the run's own training images (too few to hold any out)."""
     needs = []
+    if trained_on:
+        needs.append("good images the run did not train on (these goods were its training images)")
     if n_good < TRUST_GOODS:
         needs.append(f"at least {TRUST_GOODS} held-out good images the run did not train on (there are {n_good})")
     if synthetic or n_defect == 0:
@@ -371,12 +374,15 @@ def provisional_reason(n_good: int, n_defect: int, synthetic: bool) -> str | Non
     return "Provisional threshold: it becomes trustworthy with " + " and ".join(needs) + "."
 
 
-def annotate(thr: Threshold, labels: Any, synthetic: bool) -> Threshold:
-    """Record what the threshold was set on (counts, synthetic or real) and whether it is provisional."""
+def annotate(thr: Threshold, labels: Any, synthetic: bool, trained_on: bool = False) -> Threshold:
+    """Record what the threshold was set on (counts, synthetic or real, the run's own training goods) and whether
+    it is provisional."""
     y = np.asarray(labels).astype(np.int64).ravel()
     n_good, n_defect = int((y == 0).sum()), int((y == 1).sum())
     params = {**thr.params, "n_good": n_good, "n_defect": n_defect, "synthetic": bool(synthetic)}
-    reason = provisional_reason(n_good, n_defect, synthetic)
+    if trained_on:
+        params["goods_seen_in_training"] = True
+    reason = provisional_reason(n_good, n_defect, synthetic, trained_on)
     params.pop("provisional", None)
     if reason:
         params["provisional"] = reason
@@ -396,7 +402,7 @@ def threshold_good_margin(good_scores: Any, margin_sd: float = DEFAULT_MARGIN_SD
     return Threshold(value, "good-margin", params={"margin_sd": margin_sd, "highest_good": float(s.max())})
 
 
-def default_threshold(labels: Any, scores: Any, synthetic: bool) -> Threshold:
+def default_threshold(labels: Any, scores: Any, synthetic: bool, trained_on: bool = False) -> Threshold:
     """A new run's threshold: best F1 when the evaluation has REAL defects; otherwise from the held-out goods only
     (`threshold_good_margin`), because synthetic defects say nothing about where real ones score. Annotated."""
     y, s = _labels_scores(labels, scores)
@@ -406,7 +412,7 @@ def default_threshold(labels: Any, scores: Any, synthetic: bool) -> Threshold:
     else:
         thr = threshold_good_margin(s[y == 0])
         basis = f"highest held-out good score + {DEFAULT_MARGIN_SD:g} standard deviation of the good scores"
-    thr = annotate(thr, y, synthetic)
+    thr = annotate(thr, y, synthetic, trained_on)
     thr.params.update(default=True, basis=basis)
     return thr
 

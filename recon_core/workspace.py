@@ -20,17 +20,13 @@ Uploads are untrusted: size and count limits per file, and zip archives are unpa
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import shutil
-import stat
 import time
-import zipfile
-import zlib
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,16 +35,24 @@ from recon_core.config import from_dict, load_json, save_json, to_dict
 from recon_core.errors import ConfigError, DataError, ImageError
 from recon_core.images import SUPPORTED_SUFFIXES, is_mvtec_layout, list_images, to_uint8
 from recon_core.synth import SynthConfig
+from recon_core.uploads import (  # noqa: F401  (MAX_FILE_BYTES, safe_extract_zip: re-exported for callers)
+    MAX_FILE_BYTES,
+    MAX_FILES,
+    FileReport,
+    ImportReport,
+    clean_filename,
+    match_masks,
+    safe_extract_zip,
+    stage_uploads,
+    staging_dir,
+    unique_path,
+)
 
 PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # same rule as the job store's project names
-MAX_FILE_BYTES = 25 * 1024 * 1024  # one uploaded image
-MAX_FILES = 500  # images in one import
-MAX_ZIP_MEMBERS = 2000  # entries in one archive (directories included)
-MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024  # declared AND actually written uncompressed bytes
-MAX_NAME_CHARS = 120  # stored file names are cut to this (ASCII after cleaning; room for _unique's suffix)
-MAX_ZIP_RATIO = 200.0  # uncompressed / compressed per member: higher is a bomb
 HOLDOUT_SHARE = 0.2
+DEFAULT_DEFECT_TYPE = "defect"
 HOLDOUT_MIN = 2
+TRAINING_DEFECTS_MAX = 5  # default: up to this many masked defects train (DRAEM/DSR), at most half of them
 MIN_GOODS = 10  # fewer: a warning (training still works, evaluation is thin)
 MAX_GOODS_ADVICE = 50
 
@@ -58,31 +62,6 @@ def workspace_root(path: str | os.PathLike | None = None) -> Path:
     root = Path(path or os.environ.get("RECON_WORKSPACE") or "workspace").expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-@dataclass
-class FileReport:
-    """What happened to one imported file."""
-
-    name: str
-    kind: str  # "good" | "defect" | "mask" | "texture"
-    status: str  # "kept" | "refused" | "ignored"
-    reason: str = ""
-    size: tuple[int, int] | None = None  # (width, height) of kept images
-
-
-@dataclass
-class ImportReport:
-    files: list[FileReport] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def kept(self) -> list[FileReport]:
-        return [f for f in self.files if f.status == "kept"]
-
-    @property
-    def refused(self) -> list[FileReport]:
-        return [f for f in self.files if f.status != "kept"]
 
 
 @dataclass
@@ -158,6 +137,30 @@ class Project:
             mask = self.mask_dir / f"{img.stem}_mask.png"
             out.append((img, mask if mask.is_file() else None))
         return out
+
+    def training_defects(self) -> list[Path]:
+        """The real defect images training uses (masked ones only; all others are evaluated): the names saved by
+        set_training_defects, else a seeded choice of half the masked defects, at most TRAINING_DEFECTS_MAX."""
+        masked = [img for img, mask in self.defects() if mask is not None]
+        meta = self.meta()
+        if "training_defects" in meta:
+            names = set(meta["training_defects"])
+            return [p for p in masked if p.name in names]
+        count = min(TRAINING_DEFECTS_MAX, len(masked) // 2)
+        picked = np.random.default_rng(int(meta.get("seed", 0))).choice(len(masked), size=count, replace=False)
+        return [masked[i] for i in sorted(picked)]
+
+    def set_training_defects(self, names: list[str]) -> None:
+        masked = {img.name for img, mask in self.defects() if mask is not None}
+        unknown = [n for n in names if n not in masked]
+        if unknown:
+            raise DataError(f"{', '.join(unknown)}: not a defect image with a mask in project {self.name}")
+        self.save_meta({**self.meta(), "training_defects": sorted(set(names))})
+
+    def defect_types(self) -> dict[str, str]:
+        """{defect image file name: its type} ("defect" when none was given; MVTec imports: the folder name)."""
+        saved = self.meta().get("defect_types", {})
+        return {img.name: saved.get(img.name, DEFAULT_DEFECT_TYPE) for img, _ in self.defects()}
 
     def report(self) -> list[dict[str, Any]]:
         return list(self.meta().get("report", []))
@@ -312,141 +315,6 @@ def split(project: Project, *, seed: int | None = None, share: float | None = No
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Safe unpacking of uploads
-
-
-def _member_is_symlink(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
-def _safe_member_name(name: str) -> str | None:
-    """The member's relative path, or None when it is absolute or climbs out (../)."""
-    if not name or "\x00" in name:
-        return None
-    norm = name.replace("\\", "/")
-    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
-        return None
-    parts = PurePosixPath(norm).parts
-    if any(part == ".." for part in parts):
-        return None
-    return "/".join(p for p in parts if p not in ("", "."))
-
-
-def safe_extract_zip(
-    data: bytes | str | os.PathLike,
-    dest: str | os.PathLike,
-    *,
-    max_members: int = MAX_ZIP_MEMBERS,
-    max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
-    max_ratio: float = MAX_ZIP_RATIO,
-    max_file_bytes: int = MAX_FILE_BYTES,
-) -> tuple[list[Path], list[str]]:
-    """Unpack the image files of a zip archive into `dest` (flat: folder names are dropped, clashes renamed).
-
-    Refuses the whole archive (DataError) when it has too many entries, an entry with an absolute path or '..',
-    a symlink, a declared or actual uncompressed total above the limit, or an entry compressed more than
-    `max_ratio` times (zip bomb). Nested archives and non-image files are skipped with a note.
-    Returns (extracted paths, notes)."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"not a valid zip archive ({exc})") from exc
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > max_members:
-            raise DataError(f"zip has {len(infos)} entries; at most {max_members} are accepted")
-        declared = 0
-        for info in infos:
-            if _safe_member_name(info.filename) is None:
-                raise DataError(f"zip entry {info.filename!r}: absolute path or '..' — archive refused")
-            if _member_is_symlink(info):
-                raise DataError(f"zip entry {info.filename!r} is a symbolic link — archive refused")
-            declared += info.file_size
-            if info.file_size > 1024 and info.file_size > max_ratio * max(info.compress_size, 1):
-                ratio = info.file_size / max(info.compress_size, 1)
-                raise DataError(f"zip entry {info.filename!r} is compressed {ratio:.0f}x: zip bomb?")
-        if declared > max_total_bytes:
-            raise DataError(f"zip unpacks to {declared / 1e6:.0f} MB; at most {max_total_bytes / 1e6:.0f} MB accepted")
-        out: list[Path] = []
-        try:
-            _extract_members(archive, infos, dest, out, notes, max_total_bytes, max_file_bytes)
-        except DataError:
-            for path in out:  # the archive is refused as a whole: nothing half-unpacked stays behind
-                path.unlink(missing_ok=True)
-            raise
-    return out, notes
-
-
-def _extract_members(
-    archive: zipfile.ZipFile,
-    infos: list[zipfile.ZipInfo],
-    dest: Path,
-    out: list[Path],
-    notes: list[str],
-    max_total_bytes: int,
-    max_file_bytes: int,
-) -> None:
-    """Stream the image members to `dest`, appending each written path to `out` (even a partial one, so the
-    caller can clean up). A damaged, encrypted or lying member raises DataError naming it."""
-    written_total = 0
-    for info in infos:
-        if info.is_dir():
-            continue
-        rel = _safe_member_name(info.filename) or ""
-        base = PurePosixPath(rel).name
-        if base.startswith(".") or "__MACOSX" in rel:
-            continue
-        suffix = PurePosixPath(base).suffix.lower()
-        if suffix in (".zip", ".tar", ".gz", ".tgz", ".7z", ".rar"):
-            notes.append(f"{rel}: nested archive ignored (unpack it first)")
-            continue
-        if suffix not in SUPPORTED_SUFFIXES:
-            notes.append(f"{rel}: not an image file ({suffix or 'no suffix'}), ignored")
-            continue
-        if info.file_size > max_file_bytes:
-            notes.append(f"{rel}: {info.file_size / 1e6:.1f} MB is above the {max_file_bytes / 1e6:.0f} MB limit")
-            continue
-        target = _unique(dest / _clean_filename(base))
-        out.append(target)
-        written = 0
-        try:
-            # stream with a hard cap: the header's sizes may lie
-            with archive.open(info) as src, open(target, "wb") as dst:
-                while chunk := src.read(1 << 16):
-                    written += len(chunk)
-                    written_total += len(chunk)
-                    if written > max_file_bytes or written_total > max_total_bytes:
-                        raise DataError(f"zip entry {rel!r} unpacks to more than its declared size — archive refused")
-                    dst.write(chunk)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise DataError(f"zip entry {rel!r} is damaged ({exc}) — archive refused") from exc
-        except RuntimeError as exc:  # zipfile: encrypted member, password required
-            raise DataError(f"zip entry {rel!r} cannot be read ({exc}) — archive refused") from exc
-
-
-def _clean_filename(name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(name.replace("\\", "/")).name).strip("._")
-    if len(name) > MAX_NAME_CHARS:  # file systems refuse names over 255 bytes (the whole import would fail)
-        stem, dot, suffix = name.rpartition(".")
-        keep = dot + suffix if stem and len(suffix) < 16 else ""  # keep the image suffix
-        name = name[: MAX_NAME_CHARS - len(keep)] + keep
-    return name or "image"
-
-
-def _unique(path: Path) -> Path:
-    if not path.exists():
-        return path
-    for i in range(1, 100_000):
-        candidate = path.with_name(f"{path.stem}_{i}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-    raise DataError(f"{path}: too many files with this name")
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Imports
 
 
@@ -468,32 +336,6 @@ def _record(project: Project, report: ImportReport) -> None:
     project.save_meta(meta)
 
 
-def _stage_uploads(files: list[tuple[str, bytes]], staging: Path, report: ImportReport) -> list[tuple[str, Path]]:
-    """Write uploaded files (and unpack zips) to staging; returns (display name, staged path)."""
-    staged: list[tuple[str, Path]] = []
-    for name, data in files:
-        shown = _clean_filename(name)
-        if name.lower().endswith(".zip"):
-            try:
-                paths, notes = safe_extract_zip(data, staging / f"zip_{len(staged)}")
-            except DataError as exc:
-                report.files.append(FileReport(shown, "archive", "refused", str(exc)))
-                continue
-            report.notes.extend(f"{shown}: {n}" for n in notes)
-            staged.extend((f"{shown}/{p.name}", p) for p in paths)
-            continue
-        if len(data) > MAX_FILE_BYTES:
-            report.files.append(FileReport(shown, "image", "refused", f"{len(data) / 1e6:.1f} MB is above the limit"))
-            continue
-        if Path(shown).suffix.lower() not in SUPPORTED_SUFFIXES:
-            report.files.append(FileReport(shown, "image", "refused", "not a supported image type"))
-            continue
-        target = _unique(staging / shown)
-        target.write_bytes(data)
-        staged.append((shown, target))
-    return staged
-
-
 def _add_goods(project: Project, sources: list[tuple[str, Path]], report: ImportReport, move: bool) -> None:
     if len(sources) > MAX_FILES:
         report.notes.append(f"{len(sources)} files given; only the first {MAX_FILES} were imported")
@@ -506,7 +348,7 @@ def _add_goods(project: Project, sources: list[tuple[str, Path]], report: Import
             reason = str(exc).split(": ", 1)[-1]
             report.files.append(FileReport(shown, "good", "refused", reason))
             continue
-        target = _unique(project.goods_dir / _clean_filename(src.name))
+        target = unique_path(project.goods_dir / clean_filename(src.name))
         (shutil.move if move else shutil.copy2)(src, target)
         report.files.append(FileReport(shown, "good", "kept", f"as {target.name}", tuple(int(v) for v in size)))
 
@@ -514,25 +356,16 @@ def _add_goods(project: Project, sources: list[tuple[str, Path]], report: Import
 def import_uploads(project: Project, files: list[tuple[str, bytes]]) -> ImportReport:
     """Good images uploaded as (file name, bytes): single images and/or zip archives. Re-splits the project."""
     report = ImportReport()
-    if not files:
-        raise DataError("no files given")
-    if len(files) > MAX_FILES:
-        raise DataError(f"{len(files)} files uploaded at once; at most {MAX_FILES}")
-    staging = project.root / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        staged = _stage_uploads(files, staging, report)
+    with staging_dir(project.root) as staging:
+        staged = stage_uploads(files, staging, report)
         _add_goods(project, staged, report, move=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     _finish_import(project, report)
     return report
 
 
 def import_folder(project: Project, folder: str | os.PathLike, *, max_defects: int = 20) -> ImportReport:
     """Copy the images of a folder on disk, or of an MVTec-layout category (train/good + test/good as goods,
-    up to `max_defects` test defects with their masks)."""
+    up to `max_defects` test defects with their masks, each keeping its defect type = its folder name)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
@@ -548,9 +381,21 @@ def import_folder(project: Project, folder: str | os.PathLike, *, max_defects: i
             for img in list_images(sub):
                 defects.append((sub.name, img))
         step = max(1, len(defects) // max_defects) if defects else 1
+        types: dict[str, str] = {}
         for kind, img in defects[::step][:max_defects]:
             mask = folder / "ground_truth" / kind / f"{img.stem}_mask.png"
-            _add_defect_file(project, img, mask if mask.is_file() else None, report, prefix=f"{kind}_")
+            stored = _add_defect_file(
+                project,
+                img,
+                mask if mask.is_file() else None,
+                report,
+                prefix=f"{kind}_",
+                shown=f"{kind}/{img.name}",
+                defect_type=kind,
+            )
+            if stored:
+                types[stored] = kind
+        _save_defect_types(project, types)
     else:
         sources = list_images(folder)
         if not sources:
@@ -575,14 +420,24 @@ def _finish_import(project: Project, report: ImportReport) -> None:
     split(project)
 
 
-def _add_defect_file(project: Project, image: Path, mask: Path | None, report: ImportReport, prefix: str = "") -> None:
+def _add_defect_file(
+    project: Project,
+    image: Path,
+    mask: Path | None,
+    report: ImportReport,
+    prefix: str = "",
+    shown: str = "",
+    defect_type: str = DEFAULT_DEFECT_TYPE,
+) -> str | None:
+    """Copy one defect image (+ its mask, binarised) into the project; returns the stored name, None if refused."""
     from recon_core.images import load_mask
 
+    shown = shown or image.name
     try:
         width, height = _validate(image)
     except ImageError as exc:
-        report.files.append(FileReport(image.name, "defect", "refused", str(exc).split(": ", 1)[-1]))
-        return
+        report.files.append(FileReport(shown, "defect", "refused", str(exc).split(": ", 1)[-1]))
+        return None
     mask_arr = None
     if mask is not None:
         try:
@@ -591,46 +446,74 @@ def _add_defect_file(project: Project, image: Path, mask: Path | None, report: I
                 raise ImageError(f"{mask.name}: mask is {mw}x{mh}, image is {width}x{height}")
             mask_arr = load_mask(mask)
         except ImageError as exc:
-            report.files.append(FileReport(image.name, "defect", "refused", str(exc).split(": ", 1)[-1]))
-            return
+            report.files.append(FileReport(shown, "defect", "refused", str(exc).split(": ", 1)[-1]))
+            return None
     project.defect_dir.mkdir(parents=True, exist_ok=True)
     project.mask_dir.mkdir(parents=True, exist_ok=True)
-    target = _unique(project.defect_dir / (prefix + _clean_filename(image.name)))
+    target = unique_path(project.defect_dir / clean_filename(prefix + image.name))
     shutil.copy2(image, target)
     if mask_arr is not None:
         from PIL import Image
 
         Image.fromarray((mask_arr > 0.5).astype(np.uint8) * 255).save(project.mask_dir / f"{target.stem}_mask.png")
-    note = "with mask" if mask_arr is not None else "no mask"
-    report.files.append(FileReport(image.name, "defect", "kept", f"as {target.name} ({note})", (width, height)))
+    note = f"type {defect_type}, " + ("with mask" if mask_arr is not None else "no mask")
+    report.files.append(FileReport(shown, "defect", "kept", f"as {target.name} ({note})", (width, height)))
+    return target.name
 
 
-def add_defect(project: Project, image: tuple[str, bytes], mask: tuple[str, bytes] | None = None) -> ImportReport:
-    """One real defect image (and optionally its binary mask, same size) uploaded as (name, bytes)."""
+def _save_defect_types(project: Project, types: dict[str, str]) -> None:
+    if types:
+        meta = project.meta()
+        meta["defect_types"] = {**meta.get("defect_types", {}), **types}
+        project.save_meta(meta)
+
+
+def clean_defect_type(text: str | None) -> str:
+    """A defect type label (free text from the user): trimmed, at most 40 characters; empty -> "defect"."""
+    text = re.sub(r"\s+", " ", (text or "").strip())[:40]
+    return text or DEFAULT_DEFECT_TYPE
+
+
+def add_defects(
+    project: Project,
+    images: list[tuple[str, bytes]],
+    masks: list[tuple[str, bytes]] | None = None,
+    defect_type: str | None = None,
+) -> ImportReport:
+    """Real defect images uploaded as (name, bytes), several at once, with optional binary masks matched to the
+    images by name (`000.png` <- `000_mask.png`, `mask_000.png`, `000_gt.png`; one image + one mask always pair).
+    Every image gets `defect_type` (default "defect"); a mask that matches no image is reported, not dropped
+    silently."""
     report = ImportReport()
-    staging = project.root / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        for _, data in (image, mask) if mask else (image,):
-            if len(data) > MAX_FILE_BYTES:
-                raise DataError(f"{image[0]}: {len(data) / 1e6:.1f} MB is above the limit")
-        img_path = staging / _clean_filename(image[0])
-        img_path.write_bytes(image[1])
-        mask_path = None
-        if mask is not None:
-            mask_path = staging / ("mask_" + _clean_filename(mask[0]))
-            mask_path.write_bytes(mask[1])
-        _add_defect_file(project, img_path, mask_path, report)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    kind = clean_defect_type(defect_type)
+    with staging_dir(project.root) as staging:
+        staged = stage_uploads(images, staging / "images", report, kind="defect")
+        staged_masks = stage_uploads(masks, staging / "masks", report, kind="mask") if masks else []
+        pairs, unmatched = match_masks([s for s, _ in staged], [m for m, _ in staged_masks])
+        mask_paths = dict(staged_masks)
+        for m in unmatched:
+            report.files.append(
+                FileReport(m, "mask", "refused", "no defect image of the same name (e.g. 000_mask.png for 000.png)")
+            )
+        types: dict[str, str] = {}
+        for shown, path in staged:
+            mask = mask_paths.get(pairs.get(shown, ""))
+            stored = _add_defect_file(project, path, mask, report, shown=shown, defect_type=kind)
+            if stored:
+                types[stored] = kind
+        _save_defect_types(project, types)
     _record(project, report)
     return report
 
 
+def add_defect(project: Project, image: tuple[str, bytes], mask: tuple[str, bytes] | None = None) -> ImportReport:
+    """One real defect image (and optionally its binary mask, same size) uploaded as (name, bytes)."""
+    return add_defects(project, [image], [mask] if mask else None)
+
+
 def remove_image(project: Project, name: str) -> None:
     """Remove one good image (by file name) and re-split."""
-    target = project.goods_dir / _clean_filename(name)
+    target = project.goods_dir / clean_filename(name)
     if not target.is_file():
         raise DataError(f"{name}: not an image of project {project.name}")
     target.unlink()
@@ -639,31 +522,30 @@ def remove_image(project: Project, name: str) -> None:
 
 def remove_defect(project: Project, name: str) -> None:
     """Remove one real defect image (by file name) and its mask."""
-    target = project.defect_dir / _clean_filename(name)
+    target = project.defect_dir / clean_filename(name)
     if not target.is_file():
         raise DataError(f"{name}: not a defect image of project {project.name}")
     target.unlink()
     (project.mask_dir / f"{target.stem}_mask.png").unlink(missing_ok=True)
+    meta = project.meta()
+    if target.name in meta.get("defect_types", {}):
+        del meta["defect_types"][target.name]
+        project.save_meta(meta)
 
 
 def save_textures(project: Project, files: list[tuple[str, bytes]]) -> ImportReport:
     """Uploaded texture images (or a zip of them) into <project>/textures for texture_source 'folder'."""
     report = ImportReport()
-    staging = project.root / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        for shown, src in _stage_uploads(files, staging, report):
+    with staging_dir(project.root) as staging:
+        for shown, src in stage_uploads(files, staging, report, kind="texture"):
             try:
                 size = _validate(src)
             except ImageError as exc:
                 report.files.append(FileReport(shown, "texture", "refused", str(exc).split(": ", 1)[-1]))
                 continue
             project.textures_dir.mkdir(parents=True, exist_ok=True)
-            shutil.move(src, _unique(project.textures_dir / _clean_filename(src.name)))
+            shutil.move(src, unique_path(project.textures_dir / clean_filename(src.name)))
             report.files.append(FileReport(shown, "texture", "kept", "", tuple(int(v) for v in size)))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return report
 
 

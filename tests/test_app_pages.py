@@ -114,7 +114,7 @@ def test_designer_widgets_equal_the_synth_declaration() -> None:
     seen = set()
     for name, k in knobs_of(SynthConfig).items():
         key = "synth_" + name.removesuffix("_min")
-        if k.widget == "none" or name in {"perlin_scale_max", "opacity_max"}:
+        if k.widget == "none" or any(other.upper == name for other in knobs_of(SynthConfig).values()):
             continue
         if k.kind is bool:
             widget = at.checkbox(key=key)
@@ -129,7 +129,9 @@ def test_designer_widgets_equal_the_synth_declaration() -> None:
             assert (widget.min, widget.max) == (k.lo, k.hi), name
         assert widget.help == k.help
         seen.add(name)
-    assert len(seen) == 12  # every knob but texture_dir (drawn by the page) and the pairs' upper ends
+    pair_ends = {k.upper for k in knobs_of(SynthConfig).values() if k.upper}
+    drawn_by_page = {n for n, k in knobs_of(SynthConfig).items() if k.widget == "none"}
+    assert seen == set(knobs_of(SynthConfig)) - pair_ends - drawn_by_page
 
 
 def test_designer_shows_and_switches_the_product_region() -> None:
@@ -150,6 +152,18 @@ def test_designer_shows_and_switches_the_product_region() -> None:
     at.radio(key="synth_texture_source").set_value("self")
     at.run()
     assert not at.exception and not at.error
+
+
+def test_designer_outline_toggle_shows_the_defects_unhidden() -> None:
+    """Issue 13: the magenta outlines hid small defects in the preview tiles; they can be switched off."""
+    at = run_page("2_designer.py")
+    assert at.toggle(key="outline_defects").value is True
+    before = at.image[0].proto.imgs[0].url if hasattr(at.image[0], "proto") else None
+    at.toggle(key="outline_defects").set_value(False)
+    at.run()
+    assert not at.exception
+    if before is not None:
+        assert at.image[0].proto.imgs[0].url != before  # a different picture: the same tiles without outlines
 
 
 def test_train_page_renders_and_switches_budget() -> None:
@@ -259,7 +273,8 @@ def test_inspect_page(workspace: Path) -> None:
     assert len(at.dataframe[0].value) == n_defects
     at.slider(key="inspect_alpha").set_value(0.8)  # any rerun: the last result stays
     at.run()
-    assert not at.exception and len(at.dataframe) == 1 and len(at.image) == n_defects
+    # each image is shown beside its heat map (issue 13: the overlay alone hid the photo)
+    assert not at.exception and len(at.dataframe) == 1 and len(at.image) == 2 * n_defects
     fresh = run_page("6_inspect.py")  # a new session (tab closed, app restarted): still there, from the run folder
     assert len(fresh.dataframe) == 1 and len(fresh.dataframe[0].value) == n_defects
     assert "Last inspection" in texts(fresh)
@@ -338,3 +353,33 @@ def test_train_start_follows_the_new_job(workspace: Path, monkeypatch: pytest.Mo
         for job in store.list_jobs("demo"):
             if job.is_active:
                 store.cancel(job.id)
+
+
+def test_real_defects_for_training_shown_and_chosen(workspace: Path) -> None:
+    """Project page: which real defects train and which are evaluated (and the choice saved); Train page: what the
+    model learns from; designer: the training defects transplanted onto goods."""
+    from recon_core.workspace import open_project
+
+    project = open_project(workspace, "demo")
+    training = [p.name for p in project.training_defects()]
+    assert len(training) == 3  # default: half of the 6 masked demo defects
+    at = run_page("1_project.py")
+    roles = next(d.value for d in at.dataframe if "used for" in d.value.columns)
+    assert sorted(roles.loc[roles["used for"].str.startswith("training"), "defect"]) == sorted(training)
+    assert (roles["used for"] == "evaluation").sum() == 3
+    at = run_page("3_train.py")
+    assert "3 real defect(s)" in texts(at) and all(name in texts(at) for name in training)
+    at = run_page("2_designer.py")
+    assert not any("No real defects chosen" in c.value for c in at.caption)
+    at = run_page("1_project.py")
+    at.multiselect(key="training_defects").set_value([training[0]])
+    next(b for b in at.button if b.label == "Save choice").click()
+    at.run()
+    assert not at.exception
+    try:
+        assert [p.name for p in project.training_defects()] == [training[0]]
+        assert "1 real defect(s)" in texts(run_page("3_train.py"))
+    finally:
+        meta = project.meta()
+        meta.pop("training_defects", None)
+        project.save_meta(meta)

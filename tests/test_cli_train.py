@@ -58,6 +58,31 @@ def test_train_writes_a_run(trained, capsys):
     assert main(["train", "--resume", "--out", str(run), "-q"]) == 0
 
 
+def test_resume_of_a_finished_run_keeps_a_hand_set_threshold(trained, capsys):
+    """Issue 13 item 10: `train --resume` on a finished run replaced a hand-set threshold (0.123) with the default
+    one and rewrote the evaluation. Now it says the run is finished and changes nothing."""
+    _, run = trained
+    assert main(["threshold", str(run), "--method", "manual", "--value", "0.123"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "already finished" in out and "threshold 0.123 (manual)" in out and "--init-from" in out
+    assert load_bundle(run / "model.pt", "cpu").threshold.value == pytest.approx(0.123)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()} == before  # nothing rewritten
+
+
+def test_execute_run_resume_of_a_finished_run_changes_nothing(trained):
+    from recon_core.runs import RunSpec, execute_run
+
+    _, run = trained
+    assert main(["threshold", str(run), "--method", "manual", "--value", "0.123"]) == 0
+    spec = RunSpec.from_dict(json.loads((run / "spec.json").read_text()))
+    result = execute_run(spec, run, resume=True)
+    assert result.metrics == json.loads((run / "metrics.json").read_text())
+    assert load_bundle(run / "model.pt", "cpu").threshold.value == pytest.approx(0.123)
+
+
 def test_train_refuses_bad_settings(tmp_path, capsys):
     data = make_mvtec(tmp_path / "data")
     args = ["train", str(data), "--model", "tiny", "--iterations", "2", "--out", str(tmp_path / "r"), "-q"]

@@ -21,7 +21,7 @@ from PIL import Image
 from test_images import make_mvtec, noisy, png_header_only
 from test_workspace import make_zip, png
 
-from recon_core import workspace
+from recon_core import uploads, workspace
 from recon_core.bundle import load_bundle, read_bundle_dict, save_bundle
 from recon_core.errors import CheckpointError, ConfigError, DataError, ImageError
 from recon_core.images import load_dataset, load_folder, load_image, load_mask
@@ -236,7 +236,7 @@ def test_member_over_the_file_limit_skipped_others_kept(tmp_path):
 
 
 def test_single_upload_over_the_size_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(workspace, "MAX_FILE_BYTES", 5000)
+    monkeypatch.setattr(uploads, "MAX_FILE_BYTES", 5000)
     p = create_project(tmp_path, "p")
     report = import_uploads(p, [("huge.png", png(1, 128)), ("a.png", png(2)), ("b.png", png(3))])
     assert [f.name for f in report.kept] == ["a.png", "b.png"]
@@ -244,7 +244,7 @@ def test_single_upload_over_the_size_limit(tmp_path, monkeypatch):
 
 
 def test_more_uploads_than_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(workspace, "MAX_FILES", 3)
+    monkeypatch.setattr(uploads, "MAX_FILES", 3)
     p = create_project(tmp_path, "p")
     with pytest.raises(DataError, match="4 files uploaded at once; at most 3"):
         import_uploads(p, [(f"g{i}.png", png(i)) for i in range(4)])

@@ -42,9 +42,9 @@ def _queue_demo_run(project: Project, args: argparse.Namespace) -> None:
         synth=project.load_synth(),
         name="demo",
     )
-    job_id = store.submit(spec, project=project.name)
+    job_id = store.submit(spec, project=project.name, priority="background")  # the user's runs go first
     if not args.quiet:
-        print(f"queued demo run {job_id} ({args.model}, {args.train} iterations)")
+        print(f"queued demo run {job_id} ({args.model}, {args.train} iterations, background: your runs go first)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -9,39 +9,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from datetime import datetime
 from typing import Any
 
 from recon_core.commands.train import add_run_options, build_spec
-from recon_core.jobs import Job, JobStore, default_workspace, run_worker
+from recon_core.jobs import Job, JobStore, default_workspace, format_duration, run_worker
 
 FOLLOW_POLL_S = 0.5
 
 
 def _store(args: argparse.Namespace) -> JobStore:
-    return JobStore(args.workspace or default_workspace())
+    store = JobStore(args.workspace or default_workspace())
+    if store.repaired:  # opening found the database damaged and rebuilt it: say so, once, on stderr
+        print(f"note: {store.repaired}", file=sys.stderr)
+    return store
+
+
+def repair(args: argparse.Namespace) -> int:
+    store = JobStore(args.workspace or default_workspace(), autostart=False)
+    if store.repaired:
+        print(store.repaired)
+        return 0
+    problem = store.damage()
+    if problem is None and not args.force:
+        print(f"{store.db_path}: the job database is sound (quick_check ok); nothing to repair (--force rebuilds)")
+        return 0
+    print(store.repair(problem or "rebuild asked for with --force"))
+    return 0
 
 
 def _when(t: float | None) -> str:
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _progress_text(job: Job) -> str:
-    if job.state == "queued":
-        return f"#{job.queue_position} in queue" if job.queue_position else "queued"
-    if job.iteration and job.total_iterations:
-        return f"{job.iteration}/{job.total_iterations}"
-    return "-"
 
 
 def _budget_text(spec: dict[str, Any]) -> str:
@@ -83,9 +83,11 @@ def list_cmd(args: argparse.Namespace) -> int:
         return 0
     header = f"{'ID':<23} {'PROJECT':<12} {'STATE':<11} {'MODEL':<11} {'PROGRESS':<14} {'CREATED':<19} DATA"
     print(header)
+
     for j in jobs:
         print(
-            f"{j.id:<23} {j.project[:12]:<12} {j.state:<11} {j.model[:11]:<11} {_progress_text(j):<14} "
+            f"{j.id:<23} {j.project[:12]:<12} {j.state:<11} {j.model[:11]:<11} "
+            f"{j.progress_text(with_state=False) or '-':<14} "
             f"{_when(j.created_at):<19} {j.data}"
         )
     return 0
@@ -95,6 +97,7 @@ def _print_job(job: Job) -> None:
     rows = [
         ("job", job.id),
         ("state", job.state + (" (cancel requested)" if job.cancel_requested and job.state == "running" else "")),
+        ("priority", "background (yields to your runs)" if job.priority else "normal"),
         ("project", job.project),
         ("model", f"{job.model}" + (f" (preset {job.spec['preset']})" if job.spec.get("preset") else "")),
         ("data", job.data),
@@ -103,12 +106,12 @@ def _print_job(job: Job) -> None:
         ("created", _when(job.created_at)),
         ("started", _when(job.started_at)),
         ("finished", _when(job.finished_at)),
-        ("progress", _progress_text(job) + (f"  stage {job.stage}" if job.stage else "")),
+        ("progress", job.progress_text(with_state=False) or "-"),
     ]
     if job.losses:
         rows.append(("losses", "  ".join(f"{k} {v:.4g}" for k, v in job.losses.items())))
     if job.images_per_s is not None and job.state == "running":
-        rows.append(("speed", f"{job.images_per_s:.1f} images/s, ETA {_duration(job.eta_s)}"))
+        rows.append(("speed", f"{job.images_per_s:.1f} images/s, ETA {format_duration(job.eta_s)}"))
     if job.pid and job.state == "running":
         rows.append(("worker", f"pid {job.pid} on {job.host}"))
     if job.error:
@@ -134,7 +137,7 @@ def _follow(store: JobStore, job_id: str) -> int:
                 if bar is not None:
                     bar.clear()
                 print(
-                    f"{job_id}: {job.state}" + (f" ({_progress_text(job)})" if job.state == "queued" else ""),
+                    f"{job_id}: {job.progress_text()}",
                     flush=True,
                 )
                 last_state = job.state
@@ -254,6 +257,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resume", parents=[common], help="continue an interrupted, cancelled or failed job")
     p.add_argument("job_id")
     p.set_defaults(handler=resume)
+
+    p = sub.add_parser(
+        "repair", parents=[common], help="a damaged jobs.sqlite: move it aside, rebuild the jobs from the run folders"
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even when the database looks sound")
+    p.set_defaults(handler=repair)
 
     p = sub.add_parser("logs", parents=[common], help="a job's log")
     p.add_argument("job_id")

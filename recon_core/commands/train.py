@@ -135,7 +135,23 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--init-from", default=None, metavar="BUNDLE", help="warm start from a model.pt of the same model")
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints (default 50)")
-    p.add_argument("--labelled-defects", type=int, default=None, help="real defect images to train with (some models)")
+    p.add_argument(
+        "--labelled-defects",
+        type=int,
+        default=None,
+        metavar="K",
+        help="train with K real defect images (seeded choice from the test split; draem and dsr need their masks); "
+        "they leave the evaluation (draem, dsr, aae)",
+    )
+    p.add_argument(
+        "--labelled-defect-file",
+        dest="labelled_defect_files",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="a defect image of the test split to train with instead of a seeded choice (repeatable; absolute or "
+        "relative to the data folder); it leaves the evaluation",
+    )
     p.add_argument("--name", default=None, help="a label for the run")
 
 
@@ -163,16 +179,33 @@ def build_spec(args: argparse.Namespace) -> Any:
     return from_dict(RunSpec, values, where="run spec")
 
 
+def _already_finished(out: Path) -> int:
+    """`train --resume` on a finished run: say so and change nothing (it used to retrain zero iterations, then
+    replace a hand-set threshold with the default one and rewrite the evaluation)."""
+    from recon_core.bundle import load_bundle
+
+    thr = load_bundle(out / "model.pt", "cpu").threshold
+    kept = f"threshold {thr.value:.6g} ({thr.method})" if thr is not None else "no threshold"
+    print(
+        f"{out}: this run already finished; nothing to resume. Its model, {kept} and evaluation are unchanged.\n"
+        f"To train longer, start a new run from it: python -m recon_core train DATA --init-from {out / 'model.pt'} "
+        "--out NEW_FOLDER"
+    )
+    return 0
+
+
 def train(args: argparse.Namespace) -> int:
     from recon_core.config import load_json
     from recon_core.errors import TrainingCancelled
-    from recon_core.runs import RunSpec, execute_run
+    from recon_core.runs import RunSpec, execute_run, finished_run
 
     out = Path(args.out) if args.out else None
     if args.resume:
         if out is None or not (out / "spec.json").is_file():
             raise ConfigError("--resume needs --out pointing at an existing run folder (with spec.json)")
         spec = RunSpec.from_dict(load_json(out / "spec.json"))
+        if finished_run(out):
+            return _already_finished(out)
     else:
         spec = build_spec(args)
         if out is None:
@@ -343,7 +376,8 @@ def compute_threshold(result: Any, method: str, value: float | None, review_belo
         thr = m.threshold_manual(value)
     else:
         raise ConfigError(f"unknown threshold method {method!r}: f1, fpr, quantile or manual")
-    thr = m.annotate(thr, result.labels, result.synthetic)  # counts, synthetic or real, provisional
+    seen = bool(result.metrics.get("evaluation_goods_seen_in_training"))
+    thr = m.annotate(thr, result.labels, result.synthetic, seen)  # counts, synthetic or real, provisional
     return thr.with_review(review_below) if review_below is not None else thr
 
 

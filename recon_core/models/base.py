@@ -89,6 +89,111 @@ class ModelConfig:
     cudnn_benchmark: bool = False
 
 
+def _bound(lo: float, hi: float, help: str) -> Any:
+    from recon_core.knobs import Knob
+
+    return Knob(help, lo=lo, hi=hi)
+
+
+_WIDTH = (1, 1024, "channels")
+_DEPTH = (1, 12, "blocks / levels")
+_WEIGHT = (0.0, 1e4, "loss weight")
+_SHARE = (0.0, 1.0, "a share in [0, 1]")
+# The allowed range of every model setting, by name (a name means the same in every model), checked at submit and
+# when a model is built (check_settings). A model config may declare its own range on a field instead, with
+# recon_core.knobs.knob(...); that declaration wins. tests/test_model_bounds.py requires a range for every numeric
+# setting of every registered model, so a new setting cannot go unbounded. Memory need is checked separately
+# (recon_core.memory.check_fits) because it depends on several settings together and on the device.
+SETTING_BOUNDS: dict[str, Any] = {
+    "image_size": _bound(8, 2048, "pixels per side"),
+    "batch_size": _bound(1, 1024, "images per step"),
+    "lr": _bound(0.0, 1.0, "learning rate"),  # a diverging lr inside the range: the NaN check says so
+    "vq_lr": _bound(0.0, 1.0, "learning rate"),
+    "train_crop": _bound(0, 2048, "crop side (0 = off)"),
+    "score_pool": _bound(0, 512, "pooling window"),
+    "map_sigma": _bound(0.0, 64.0, "blur sigma"),
+    "focal_gamma": _bound(0.0, 10.0, "focal loss gamma"),
+    "latent_dim": _bound(0, 4096, "latent size"),
+    "res_blocks": _bound(0, 16, "residual blocks"),
+    "codebook_size": _bound(2, 65536, "codes"),
+    "codebook_decay": _bound(0.0, 1.0, "EMA decay"),
+    "commitment": _bound(0.0, 100.0, "commitment weight"),
+    "dead_code_threshold": _bound(0.0, 1e6, "EMA assignments"),
+    "vq_updates_per_iteration": _bound(1, 100, "updates"),
+    "detector_downscale": _bound(1, 16, "downscale factor"),
+    "topk_fraction": _bound(0.0, 1.0, "share of pixels"),
+    "weight_decay": _bound(0.0, 1.0, "weight decay"),
+    "beta1": _bound(0.0, 1.0, "Adam beta1"),
+    "reinit_d_below": _bound(0.0, 1e3, "loss level"),
+    "labelled_margin": _bound(0.0, 1e3, "margin factor"),
+    "labelled_batch": _bound(1, 1024, "images per step"),
+    "ridge": _bound(0.0, 1e3, "ridge"),
+    **{
+        name: _bound(*_WIDTH)
+        for name in (
+            "recon_width",
+            "disc_width",
+            "hidden",
+            "res_hidden",
+            "embedding_dim",
+            "subspace_width",
+            "decoder_width",
+            "detector_width",
+            "upsampler_width",
+            "base_width",
+            "max_width",
+            "width",
+            "disc_hidden",
+        )
+    },
+    **{name: _bound(*_DEPTH) for name in ("recon_depth", "disc_depth", "depth", "blocks", "detector_depth")},
+    **{
+        name: _bound(*_WEIGHT)
+        for name in (
+            "sspcab_weight",
+            "image_loss_weight",
+            "vq_weight",
+            "dsr_weight",
+            "upsampling_weight",
+            "w_adv",
+            "w_con",
+            "w_enc",
+            "w_rec",
+            "w_labelled",
+        )
+    },
+    **{
+        name: _bound(*_SHARE)
+        for name in ("vq_defect_share", "anomaly_probability", "strength_min", "strength_max", "labelled_quantile")
+    },
+}
+
+
+def setting_bounds(config_class: type) -> dict[str, Any]:
+    """{field: Knob} for the numeric settings of a model config: the field's own knob, else SETTING_BOUNDS."""
+    import typing
+
+    from recon_core.knobs import META_KEY
+
+    hints = typing.get_type_hints(config_class)
+    out = {}
+    for f in dataclasses.fields(config_class):
+        if hints[f.name] in (int, float) and (f.metadata.get(META_KEY) or f.name in SETTING_BOUNDS):
+            out[f.name] = f.metadata.get(META_KEY) or SETTING_BOUNDS[f.name]
+    return out
+
+
+def check_settings(config: ModelConfig, where: str) -> None:
+    """Every numeric setting within its declared range (ConfigError naming it): refused at submit, not in the worker
+    (`image_size=1000000` used to fail there trying to allocate terabytes)."""
+    for name, k in setting_bounds(type(config)).items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{where}.{name}: expected a finite number, got {value!r}")
+        if not k.lo <= value <= k.hi:
+            raise ConfigError(f"{where}.{name}: {value!r} is outside the allowed range {k.lo:g}–{k.hi:g} ({k.help})")
+
+
 # what GPU presets add: bf16 autocast (fp16 + gradient scaling on GPUs without bf16), NHWC, cuDNN autotuning;
 # "auto" precision and cuDNN settings do nothing on a CPU
 GPU_SPEED: dict[str, Any] = {"precision": "auto", "channels_last": True, "cudnn_benchmark": True}
@@ -117,7 +222,9 @@ class AnomalyModel(ABC):
         if preset not in cls.presets:
             raise ConfigError(f"{cls.name}: unknown preset {preset!r}; choose from {sorted(cls.presets)}")
         values = {**cls.presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
-        return from_dict(cls.config_class, values, where=f"{cls.name} config")
+        config = from_dict(cls.config_class, values, where=f"{cls.name} config")
+        check_settings(config, f"{cls.name} config")
+        return config
 
     def config_dict(self) -> dict[str, Any]:
         return to_dict(self.config)

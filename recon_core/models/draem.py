@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from recon_core.defect_bank import LabelledDefectsMixin
 from recon_core.errors import ConfigError
 from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Prediction, TrainingStage
 from recon_core.models.layers import (
@@ -92,7 +93,7 @@ class DraemNets(nn.Module):
         return recon, self.discriminative(torch.cat([x, recon], dim=1))
 
 
-class Draem(AnomalyModel):
+class Draem(LabelledDefectsMixin, AnomalyModel):
     name: ClassVar[str] = "draem"
     config_class: ClassVar[type[ModelConfig]] = DraemConfig
     description: ClassVar[str] = (
@@ -170,7 +171,10 @@ class Draem(AnomalyModel):
         from recon_core.synth import DefectGenerator, SynthConfig
 
         self.synth_config = synth_config if synth_config is not None else SynthConfig()
-        self.generator = DefectGenerator(self.synth_config, self.cfg.image_size, goods=train_images)
+        # with labelled defects, some synthetic defects are transplanted real ones (synth.real_defect_share)
+        self.generator = DefectGenerator(
+            self.synth_config, self.cfg.image_size, goods=train_images, bank=self.defect_bank
+        )
         # one Adam over both networks, as in the official code (the lr drops are applied by train.fit)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.cfg.lr)
 
@@ -179,13 +183,17 @@ class Draem(AnomalyModel):
             raise ConfigError("draem: call setup_training before stages()")
         return [TrainingStage("draem", 1.0, self._step, [self.optimizer])]
 
-    def losses(self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(
+        self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor, n_clean: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """DRAEM's loss on one batch: L2 + (1 - SSIM) of the reconstruction vs the clean image, focal loss of
-        the segmentation vs the defect mask, + sspcab_weight x SSPCAB MSE."""
+        the segmentation vs the defect mask, + sspcab_weight x SSPCAB MSE. Only the first `n_clean` samples
+        (default all) have a clean image; the rest (real defect images) train the segmentation alone."""
         recon, logits = self.nets(augmented)
+        n = len(clean) if n_clean is None else n_clean
         out = {
-            "l2": F.mse_loss(recon, clean),
-            "ssim": ssim_loss(recon, clean),
+            "l2": F.mse_loss(recon[:n], clean[:n]),
+            "ssim": ssim_loss(recon[:n], clean[:n]),
             "focal": focal_loss(logits, masks, gamma=self.cfg.focal_gamma),
         }
         total = out["l2"] + out["ssim"] + out["focal"]
@@ -205,6 +213,29 @@ class Draem(AnomalyModel):
         aug_t = torch.from_numpy(aug).permute(0, 3, 1, 2)
         return self._format(aug_t), torch.from_numpy(masks).to(self.device)
 
+    def real_positives(
+        self, augmented: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The batch's last samples replaced by labelled defect images (synth.real_image_share of the batch,
+        binomial, at least one sample left synthetic) -> (augmented, masks, number of synthetic samples)."""
+        share = getattr(self.synth_config, "real_image_share", 0.0)
+        if self.defect_bank is None or share <= 0:
+            return augmented, masks, len(augmented)
+        n = min(int(rng.binomial(len(augmented), share)), len(augmented) - 1)
+        if n <= 0:
+            return augmented, masks, len(augmented)
+        images, real_masks = self.defect_bank.real_positives(n, rng)
+        side = augmented.shape[-1]
+        if side < images.shape[1]:  # training on crops (train_crop): the same window size of the real images
+            corners = rng.integers(0, images.shape[1] - side + 1, size=(n, 2))
+            windows = [(slice(y, y + side), slice(x, x + side)) for y, x in corners]
+            images = np.stack([im[w] for im, w in zip(images, windows, strict=True)])
+            real_masks = np.stack([m[w] for m, w in zip(real_masks, windows, strict=True)])
+        augmented, masks = augmented.clone(), masks.clone()
+        augmented[-n:] = self._format(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+        masks[-n:] = torch.from_numpy(np.ascontiguousarray(real_masks)).to(self.device)
+        return augmented, masks, len(augmented) - n
+
     def _crop(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """A random train_crop x train_crop window of each image (train_crop 0: the images unchanged)."""
         side, full = self.cfg.train_crop, images.shape[-1]
@@ -218,7 +249,8 @@ class Draem(AnomalyModel):
         self.nets.train()
         images = self._crop(images, rng)
         augmented, masks = self.synthesize(images, rng)
-        losses = self.losses(self._format(images), augmented, masks)
+        augmented, masks, n_clean = self.real_positives(augmented, masks, rng)
+        losses = self.losses(self._format(images), augmented, masks, n_clean)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.optimizer.step()

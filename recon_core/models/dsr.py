@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recon_core.defect_bank import LabelledDefectsMixin
 from recon_core.errors import CheckpointError, ConfigError
 from recon_core.models.autoencoder import gaussian_blur
 from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Prediction, TrainingStage
@@ -385,7 +386,7 @@ def load_vq_file(path: str | Path) -> dict[str, Any]:
     return blob
 
 
-class Dsr(AnomalyModel):
+class Dsr(LabelledDefectsMixin, AnomalyModel):
     name: ClassVar[str] = "dsr"
     config_class: ClassVar[type[ModelConfig]] = DsrConfig
     description: ClassVar[str] = (
@@ -496,7 +497,8 @@ class Dsr(AnomalyModel):
 
         c: DsrConfig = self.config  # type: ignore[assignment]
         self.synth_config = synth_config if synth_config is not None else SynthConfig()
-        self._generator = DefectGenerator(self.synth_config, c.image_size, goods=train_images)
+        # with labelled defects, some image-space defects are transplanted real ones (synth.real_defect_share)
+        self._generator = DefectGenerator(self.synth_config, c.image_size, goods=train_images, bank=self.defect_bank)
         self._train_images = np.ascontiguousarray(train_images, dtype=np.float32) if train_images is not None else None
         self._torch_gen = torch.Generator(device=self.device)
         self._torch_gen.manual_seed(int(seed))
@@ -607,12 +609,41 @@ class Dsr(AnomalyModel):
         logits = self._detector_logits(recon_object.detach(), recon_general)
         focal = focal_loss(logits, mask, c.focal_gamma)
         loss = feat + c.image_loss_weight * image + focal
+        real = self._real_focal(images, rng)
+        if real is not None:
+            loss = loss + real
         opt = self._optimizers["dsr"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         self.steps["dsr"] += 1
         return {"total": _num(loss), "features": _num(feat), "image": _num(image), "focal": _num(focal)}
+
+    def _real_focal(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor | None:
+        """With labelled defects: the detector also sees real defects, through the inference path (general vs
+        object reconstruction), on synth.real_image_share of a batch (at least one sample): half the labelled
+        images themselves, half their regions transplanted onto this batch's goods. Focal loss only: there is
+        no clean image to restore them to."""
+        share = getattr(self.synth_config, "real_image_share", 0.0)
+        if self.defect_bank is None or share <= 0:
+            return None
+        n = max(1, round(share * len(images)))
+        real, real_masks = self.defect_bank.real_positives(n, rng)
+        goods = images[:n].detach().permute(0, 2, 3, 1).cpu().numpy()
+        for i in range(len(goods)):
+            fg = self._generator.foreground
+            allowed = fg.mask(goods[i]) if fg.enabled else None
+            pasted = self.defect_bank.paste(goods[i], rng, allowed) if rng.random() < 0.5 else None
+            if pasted is not None:
+                real[i], real_masks[i] = pasted
+        x = torch.from_numpy(real).permute(0, 3, 1, 2).to(self.device)
+        with torch.no_grad():
+            codes = self.vq.encode(x)
+            recon_general = self.vq.decode(codes["q_b"], codes["q_t"])
+            _, _, rq_b, rq_t = self._restore(codes["q_b"], codes["q_t"])
+            recon_object = self.object_decoder(rq_b, rq_t)  # detached, as in the synthetic-anomaly loss
+        logits = self._detector_logits(recon_object, recon_general)
+        return focal_loss(logits, torch.from_numpy(real_masks).to(self.device), self.config.focal_gamma)
 
     def _upsampling_step(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
         c: DsrConfig = self.config  # type: ignore[assignment]

@@ -409,4 +409,3 @@ __all__ = [
     "ssim_loss",
     "ssim_map",
 ]
-
