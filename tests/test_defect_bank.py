@@ -264,3 +264,32 @@ def test_named_defect_files_are_checked(tmp_path) -> None:
         run(labelled_defect_files=["test/good/000.png"])
     with pytest.raises(ConfigError, match="disagree"):
         RunSpec(str(data), labelled_defects=3, labelled_defect_files=["test/crack/001.png"])
+
+
+@pytest.mark.parametrize(
+    ("model", "tiny"),
+    [
+        ("draem", {"image_size": SIZE, "recon_width": 8, "disc_width": 8, "recon_depth": 3, "disc_depth": 3}),
+        ("dsr", {"image_size": SIZE, "hidden": 16, "res_blocks": 1, "res_hidden": 8, "embedding_dim": 8,
+                 "codebook_size": 16, "subspace_width": 8, "decoder_width": 8, "detector_width": 8,
+                 "detector_depth": 2, "upsampler_width": 4, "score_pool": 3}),
+    ],
+)  # fmt: skip
+def test_bench_with_labelled_defects_for_draem_and_dsr(model: str, tiny: dict, tmp_path, monkeypatch) -> None:
+    """`bench --labelled-defects 2` runs DRAEM and DSR end to end (they used to refuse labelled defects)."""
+    import csv
+    import json as json_mod
+
+    from tiny_model import make_mvtec
+
+    from recon_core.cli import main
+
+    monkeypatch.setenv("RECON_THREADS", "1")
+    root = tmp_path / "root"
+    make_mvtec(root / "cat")
+    args = ["bench", "--models", model, "--categories", "cat", "--data-root", str(root), "--iterations", "3",
+            "--labelled-defects", "2", "--set", json_mod.dumps(tiny), "--out", str(tmp_path / "out"),
+            "--infer-repeats", "1", "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "bench.csv").open()))
+    assert len(rows) == 1 and rows[0]["labelled_defects"] == "2" and not rows[0].get("error")
