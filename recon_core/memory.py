@@ -33,7 +33,7 @@ from recon_core.errors import ConfigError, ReconError
 
 PROBE_SIZE = 64
 PROBE_BATCH = 2
-ACTIVATION_FACTOR = 1.4  # CPU calibration implied 1.18-1.40 (DRAEM 64/128 px, batch 8/16; DSR 128 px): the top
+ACTIVATION_FACTOR = 1.5  # CPU calibration implied 1.08-1.47 (DRAEM 64/128 px, batch 8/16; DSR 128 px): above the top
 AMP_ACTIVATION_SHARE = 0.6  # 16-bit autocast: conv/matmul outputs halve, norms/losses stay float32
 CUDA_OVERHEAD_BYTES = 512 * 2**20  # cuDNN workspaces, allocator rounding (the CUDA context is outside mem_get_info)
 CPU_OVERHEAD_BYTES = 256 * 2**20  # interpreter, torch, data arrays
