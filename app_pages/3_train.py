@@ -14,6 +14,7 @@ from app_pages._ui import guarded, recall, remember, require_project, run_label,
 from recon_core.auto import AUTO, CANDIDATES_FILE, AutoConfig, auto_presets, describe_plan
 from recon_core.config import load_json
 from recon_core.device import available_devices
+from recon_core.memory import preset_summary
 from recon_core.models import get_model_class, model_names
 from recon_core.runs import RunSpec
 
@@ -53,6 +54,9 @@ def start_form(project) -> None:
         else:
             amount = st.number_input("Training iterations", 1, 1_000_000, 500, 50, key="budget_iterations")
         device = st.selectbox("Device", ["auto", *available_devices()], key="train_device")
+        needs = None if model == AUTO else preset_summary(model, preset, device)
+        if needs is not None:
+            (st.caption if needs[1] else st.warning)(needs[0])
         warm = [r for r in project.finished_runs() if (r / "spec.json").is_file()]
         init = st.selectbox(
             "Warm start from",

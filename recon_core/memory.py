@@ -216,4 +216,33 @@ def try_estimate(model_name: str, config: Any, device: torch.device | str = "cpu
         return None
 
 
-__all__ = ["MemoryEstimate", "available_bytes", "check_fits", "estimate", "try_estimate", "uses_mixed_precision"]
+def preset_summary(model_name: str, preset: str | None, device: str = "auto") -> tuple[str, bool] | None:
+    """For the Train page: (what a preset's training needs and what `device` has free now, whether it fits); None
+    when either is unknown."""
+    from recon_core.device import resolve_device
+    from recon_core.models import get_model_class
+
+    try:
+        where = resolve_device(device)
+        config = get_model_class(model_name).config_from_preset(preset)
+    except ReconError:
+        return None
+    est = try_estimate(model_name, config, where)
+    if est is None:
+        return None
+    free = available_bytes(where)
+    fits = free is None or est.total <= SAFETY * free
+    room = "" if free is None else f"; {where.type} has {free / GB:.1f} GB free now"
+    advice = "" if fits else ": it will not fit, choose a smaller preset or another device"
+    return f"Memory: needs {est.describe()}{room}{advice}", fits
+
+
+__all__ = [
+    "MemoryEstimate",
+    "available_bytes",
+    "check_fits",
+    "estimate",
+    "preset_summary",
+    "try_estimate",
+    "uses_mixed_precision",
+]

@@ -174,6 +174,7 @@ def test_train_page_renders_and_switches_budget() -> None:
     at.run()
     assert not at.exception
     assert at.number_input(key="budget_iterations").value == 500
+    assert any(c.value.startswith("Memory: needs about") for c in at.caption)  # what the preset needs (memory.py)
 
 
 def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:

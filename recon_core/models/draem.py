@@ -101,6 +101,7 @@ class Draem(LabelledDefectsMixin, AnomalyModel):
         "Strong on objects and textures; gives pixel-accurate maps."
     )
     default_preset: ClassVar[str] = "cpu"
+    supports_grad_scaling: ClassVar[bool] = True
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # The published configuration: 256 px, w = 128 / 64 (~97M parameters), Adam 1e-4, batch 8; the paper
         # trains 700 epochs of 200-400 images, i.e. ~20k iterations (see preset_budgets). GPU only.
@@ -181,7 +182,8 @@ class Draem(LabelledDefectsMixin, AnomalyModel):
     def stages(self) -> list[TrainingStage]:
         if self.optimizer is None:
             raise ConfigError("draem: call setup_training before stages()")
-        return [TrainingStage("draem", 1.0, self._step, [self.optimizer])]
+        synth = DraemSynth(self.generator, self.cfg.train_crop)
+        return [TrainingStage("draem", 1.0, self._step, [self.optimizer], synth=synth)]
 
     def losses(
         self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor, n_clean: int | None = None
@@ -205,13 +207,12 @@ class Draem(LabelledDefectsMixin, AnomalyModel):
         return out
 
     def synthesize(self, images: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean (B, 3, H, W) batch -> (augmented batch, masks (B, H, W)) on the model's device."""
+        """Clean (B, 3, H, W) batch -> (augmented batch, masks (B, H, W)) on the model's device. Off the training
+        path: train.fit has DraemSynth make these in its data workers, from the CPU copy of the batch."""
         if self.generator is None:
             raise ConfigError("draem: call setup_training before training steps")
-        batch = images.detach().permute(0, 2, 3, 1).float().cpu().numpy()
-        aug, masks, _ = self.generator.augment(batch, rng)
-        aug_t = torch.from_numpy(aug).permute(0, 3, 1, 2)
-        return self._format(aug_t), torch.from_numpy(masks).to(self.device)
+        made = DraemSynth(self.generator)(images.detach().permute(0, 2, 3, 1).float().cpu().numpy(), rng)
+        return self._format(torch.from_numpy(made["augmented"])), torch.from_numpy(made["masks"]).to(self.device)
 
     def real_positives(
         self, augmented: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
@@ -238,22 +239,25 @@ class Draem(LabelledDefectsMixin, AnomalyModel):
 
     def _crop(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """A random train_crop x train_crop window of each image (train_crop 0: the images unchanged)."""
-        side, full = self.cfg.train_crop, images.shape[-1]
-        if not side or side >= full:
+        corners = crop_corners(len(images), images.shape[-1], self.cfg.train_crop, rng)
+        if corners is None:
             return images
-        corners = rng.integers(0, full - side + 1, size=(len(images), 2))
+        side = self.cfg.train_crop
         return torch.stack([img[:, y : y + side, x : x + side] for img, (y, x) in zip(images, corners, strict=True)])
 
-    def _step(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+    def _step(self, batch: dict[str, torch.Tensor] | torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+        """One step on a prepared batch {"images", "augmented", "masks"} (train.fit's DraemSynth, crops included)
+        or on a clean image tensor (cropped and synthesised here)."""
         assert self.optimizer is not None
         self.nets.train()
-        images = self._crop(images, rng)
-        augmented, masks = self.synthesize(images, rng)
+        if isinstance(batch, torch.Tensor):
+            images = self._crop(batch, rng)
+            augmented, masks = self.synthesize(images, rng)
+        else:
+            images, augmented, masks = batch["images"], self._format(batch["augmented"]), batch["masks"]
         augmented, masks, n_clean = self.real_positives(augmented, masks, rng)
         losses = self.losses(self._format(images), augmented, masks, n_clean)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        self.optimizer.step()
+        self.optimizer_step(losses["total"], self.optimizer)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     # ---- inference ---------------------------------------------------------------------------------------
@@ -322,6 +326,34 @@ class Draem(LabelledDefectsMixin, AnomalyModel):
         return _DraemScorer(self)
 
 
+def crop_corners(n: int, full: int, side: int, rng: np.random.Generator) -> np.ndarray | None:
+    """(n, 2) random top-left corners of side x side windows in full x full images; None when not cropping."""
+    if not side or side >= full:
+        return None
+    return rng.integers(0, full - side + 1, size=(n, 2))
+
+
+class DraemSynth:
+    """DRAEM's training batch synthesis, run by the data workers (picklable: the generator and the crop size):
+    optional random train_crop windows, then the generator's defects."""
+
+    def __init__(self, generator: Any, train_crop: int = 0) -> None:
+        self.generator = generator
+        self.train_crop = int(train_crop)
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        corners = crop_corners(len(images), images.shape[2], self.train_crop, rng)
+        if corners is not None:
+            side = self.train_crop
+            images = np.stack([img[y : y + side, x : x + side] for img, (y, x) in zip(images, corners, strict=True)])
+        aug, masks, _ = self.generator.augment(images, rng)
+        return {
+            "images": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
+            "augmented": np.ascontiguousarray(aug.transpose(0, 3, 1, 2)),
+            "masks": masks,
+        }
+
+
 class _DraemScorer(nn.Module):
     def __init__(self, model: Draem) -> None:
         super().__init__()
@@ -334,4 +366,4 @@ class _DraemScorer(nn.Module):
         return mean_pool_max(maps, self.pool), maps
 
 
-__all__ = ["Draem", "DraemConfig", "DraemNets"]
+__all__ = ["Draem", "DraemConfig", "DraemNets", "DraemSynth"]
