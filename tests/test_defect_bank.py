@@ -293,3 +293,25 @@ def test_bench_with_labelled_defects_for_draem_and_dsr(model: str, tiny: dict, t
     assert main(args) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "bench.csv").open()))
     assert len(rows) == 1 and rows[0]["labelled_defects"] == "2" and not rows[0].get("error")
+
+
+def test_draem_real_positives_follow_the_batch_size_and_crop() -> None:
+    """The labelled images replace the batch's last samples (never all of them) and, when DRAEM trains on crops,
+    are cropped to the batch's window like the goods."""
+    from recon_core.models.draem import Draem
+
+    tiny = {"image_size": SIZE, "recon_width": 8, "disc_width": 8, "recon_depth": 3, "disc_depth": 3}
+    model = Draem(Draem.config_from_preset("cpu", **tiny, train_crop=16))
+    model.set_labelled_defects(*stains(3, 1))
+    model.setup_training(goods(8), SynthConfig(texture_source="noise", real_image_share=0.5), 0)
+    rng = np.random.default_rng(0)
+    batch = torch.zeros(8, 3, 16, 16)
+    counts = []
+    for _ in range(20):
+        augmented, masks, n_clean = model.real_positives(batch, torch.zeros(8, 16, 16), rng)
+        assert augmented.shape == (8, 3, 16, 16) and masks.shape == (8, 16, 16) and 1 <= n_clean <= 8
+        assert torch.all(augmented[:n_clean] == 0) and (n_clean == 8 or augmented[n_clean:].abs().sum() > 0)
+        counts.append(8 - n_clean)
+    assert 0 < np.mean(counts) < 8
+    # one full training step on crops with real positives runs
+    model.stages()[0].step(torch.from_numpy(goods(8)).permute(0, 3, 1, 2), rng)
