@@ -53,6 +53,7 @@ if [ "$mode" = "smoke" ]; then  # the same code paths, tiny and on the CPU
   iters=1
   batch=2
   categories="mvtec_ad/bottle"
+  models="draem:cpu-fast dsr:cpu"
   budget=(--iterations 2)
   draem_presets="cpu-fast"
   dsr_presets="cpu"
