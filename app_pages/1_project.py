@@ -50,6 +50,34 @@ def remover(kind: str, names: list[str], remove: Callable[[str], None]) -> None:
         st.rerun()
 
 
+def defect_roles(project, defects: list) -> None:
+    """Which real defects train DRAEM / DSR (transplanted onto goods and shown as they are) and which are evaluated;
+    a defect never does both."""
+    if not defects:
+        return
+    st.markdown("##### Training or evaluation")
+    training = {p.name for p in project.training_defects()}
+    masked = [img.name for img, mask in defects if mask is not None]
+    rows = [
+        {
+            "defect": img.name,
+            "mask": "yes" if mask is not None else "no",
+            "used for": "training (DRAEM, DSR, AAE)" if img.name in training else "evaluation",
+        }
+        for img, mask in defects
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="defect_roles")
+    st.caption(
+        f"{len(training)} defect(s) teach the model what this product's real defects look like; the other "
+        f"{len(defects) - len(training)} measure it. Only defects with a mask can train."
+    )
+    with st.form("training_defects_form"):
+        chosen = st.multiselect("Defects to train with", masked, default=sorted(training), key="training_defects")
+        if st.form_submit_button("Save choice"):
+            project.set_training_defects(chosen)
+            st.rerun()
+
+
 def new_project_form() -> None:
     with st.form("new_project", clear_on_submit=True):
         name = st.text_input("New project name", placeholder="e.g. washer-line-3", key="new_project_name")
@@ -172,6 +200,7 @@ def body() -> None:
                 b.caption("no mask")
             c.markdown(f"type **{types.get(img.name, 'defect')}**")
         remover("defect", [img.name for img, _ in defects], lambda name: remove_defect(project, name))
+        defect_roles(project, defects)
     with t_report:
         rows = project.report()
         if rows:

@@ -8,6 +8,7 @@ import numpy as np
 import streamlit as st
 
 from app_pages._ui import guarded, knob_widgets, require_project
+from recon_core.defect_bank import DefectBank, bank_from_files, transplant_preview
 from recon_core.errors import ReconError
 from recon_core.foreground import estimate_foreground
 from recon_core.images import load_images
@@ -70,6 +71,31 @@ def knobs(saved: SynthConfig, project) -> SynthConfig:
     return SynthConfig(**values)
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _bank(pairs: tuple[tuple[str, str], ...], size: int) -> DefectBank:
+    return bank_from_files(list(pairs), size)
+
+
+def real_defects_preview(project, images: np.ndarray, config: SynthConfig, fg) -> None:
+    """The project's training defects transplanted onto goods, as DRAEM / DSR training makes them."""
+    masks = dict(project.defects())
+    pairs = tuple((str(p), str(masks[p])) for p in project.training_defects())
+    if not pairs:
+        st.caption("No real defects chosen for training (Project & data): training uses synthetic defects only.")
+        return
+    try:
+        augmented, pasted = transplant_preview(images, _bank(pairs, PREVIEW_SIZE), PREVIEW_N, config.seed, fg)
+    except ReconError as exc:
+        st.error(f"No preview of the real defects: {exc}")
+        return
+    st.image(
+        preview_grid(augmented, pasted, columns=4, foregrounds=fg.masks(augmented) if fg.enabled else None),
+        caption=f"{len(pairs)} real defect(s) transplanted onto goods (outlined in magenta): "
+        f"{config.real_defect_share:.0%} of the training defects look like these",
+        width="stretch",
+    )
+
+
 def body() -> None:
     st.title("Defect designer")
     project = require_project()
@@ -106,6 +132,7 @@ def body() -> None:
         coverage = float(masks.mean()) * 100
         st.caption(f"Product region: {fg.reason}")
         st.caption(f"Mean defect area: {coverage:.1f} % of the image")
+        real_defects_preview(project, images, shown, fg)
         changed = config != saved
         if st.button("Save design to project", key="save_design", type="primary", disabled=not changed):
             project.save_synth(config)

@@ -14,6 +14,7 @@ from app_pages._ui import guarded, recall, remember, require_project, run_label,
 from recon_core.auto import AUTO, CANDIDATES_FILE, AutoConfig, auto_presets, describe_plan
 from recon_core.config import load_json
 from recon_core.device import available_devices
+from recon_core.memory import preset_summary
 from recon_core.models import get_model_class, model_names
 from recon_core.runs import RunSpec
 
@@ -32,10 +33,14 @@ def start_form(project) -> None:
         if use_baseline:
             model = baseline
         if model == AUTO:
-            st.caption(describe_plan(AutoConfig(), len(project.train_goods()), 0))
+            trains_on_real = any(get_model_class(n).uses_labelled_defects for n in AutoConfig().candidates)
+            k = len(project.training_defects()) if trains_on_real else 0
+            st.caption(describe_plan(AutoConfig(), len(project.train_goods()), k))
             presets, default = auto_presets(), "cpu"
+            uses_real = trains_on_real
         else:
             cls = get_model_class(model)
+            uses_real = cls.uses_labelled_defects
             if cls.description:
                 st.caption(cls.description)
             presets, default = list(cls.presets), cls.default_preset
@@ -49,6 +54,9 @@ def start_form(project) -> None:
         else:
             amount = st.number_input("Training iterations", 1, 1_000_000, 500, 50, key="budget_iterations")
         device = st.selectbox("Device", ["auto", *available_devices()], key="train_device")
+        needs = None if model == AUTO else preset_summary(model, preset, device)
+        if needs is not None:
+            (st.caption if needs[1] else st.warning)(needs[0])
         warm = [r for r in project.finished_runs() if (r / "spec.json").is_file()]
         init = st.selectbox(
             "Warm start from",
@@ -58,10 +66,8 @@ def start_form(project) -> None:
         )
         name = st.text_input("Run name (optional)", key="run_name")
     synth = project.load_synth()
-    st.caption(
-        f"Defect design: synth.json (opacity {synth.opacity_min}–{synth.opacity_max}, textures "
-        f"{synth.texture_source}); {len(project.train_goods())} training goods."
-    )
+    real = project.training_defects() if uses_real else []
+    learns_from(project, synth, uses_real, real)
     if st.button("Start training", type="primary", key="start_training", disabled=not project.train_goods()):
         spec = RunSpec(
             data=str(project.data_dir),
@@ -73,11 +79,33 @@ def start_form(project) -> None:
             minutes=float(amount) if budget_kind == "minutes" else None,
             init_from=str(init / "model.pt") if init is not None else None,
             name=name or None,
+            labelled_defect_files=[str(p) for p in real],
         )
         job_id = store().submit(spec, project=project.name)
         remember(**{f"job:{project.name}": job_id})
         st.session_state["job_select"] = job_id  # follow the new job (the picker below is drawn after this)
         st.success(f"Queued job {job_id}. It runs in the background; you can close this tab.")
+
+
+def learns_from(project, synth, uses_real: bool, real: list) -> None:
+    """What the model will learn from: the goods, the project's real defects for training, the synthetic design."""
+    n_defects = len(project.defects())
+    lines = [
+        f"**{len(project.train_goods())} training goods** (the held-out goods are only evaluated)",
+        f"**synthetic defects** from the design in synth.json (opacity {synth.opacity_min}–{synth.opacity_max}, "
+        f"textures {synth.texture_source}, on {synth.defect_probability:.0%} of the samples)",
+    ]
+    if real:
+        names = ", ".join(p.name for p in real[:6]) + (" …" if len(real) > 6 else "")
+        lines.append(
+            f"**{len(real)} real defect(s)** ({names}): cut out and transplanted onto goods for "
+            f"{synth.real_defect_share:.0%} of the defects, and shown as they are in {synth.real_image_share:.0%} "
+            f"of the samples; the other {n_defects - len(real)} real defect(s) are evaluated"
+        )
+    elif n_defects:
+        why = "this model does not use them" if not uses_real else "none chosen for training"
+        lines.append(f"no real defects ({why}: all {n_defects} are evaluated; choose them on Project & data)")
+    st.markdown("The model learns from:\n" + "\n".join(f"- {line}" for line in lines))
 
 
 def loss_chart(rows: list[dict]) -> go.Figure | None:

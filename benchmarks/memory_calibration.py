@@ -88,6 +88,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json")
+    parser.add_argument("--quick", action="store_true", help="the first case only (script check)")
     parser.add_argument("--one", nargs=4, metavar=("MODEL", "PRESET", "SIZE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -95,7 +96,7 @@ def main() -> int:
         print(json.dumps(measure(model, preset, int(size), int(batch), args.device)))
         return 0
     rows = []
-    for model, preset, size, batch in CASES:
+    for model, preset, size, batch in CASES[:1] if args.quick else CASES:
         cmd = [sys.executable, __file__, "--device", args.device, "--one", model, preset, str(size), str(batch)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))

@@ -36,7 +36,7 @@ from recon_core.images import list_images, load_folder, load_images, sample_shot
 from recon_core.metrics import image_auroc, pixel_auroc
 from recon_core.models import get_model_class
 from recon_core.models.base import Budget
-from recon_core.normalisation import calibrate
+from recon_core.normalisation import MODES, MapNormaliser, calibrate, candidate_stats, model_pool
 from recon_core.runs import resolve_data_path
 from recon_core.seeding import seeded_model
 from recon_core.synth import SynthConfig
@@ -108,11 +108,19 @@ def validation_sets(held: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray,
     return sets
 
 
-def score_sets(model, sets) -> dict[str, dict[str, float]]:
+def score_sets(model, sets, train_images: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each validation kind scored raw, with the chosen normalisation ("norm") and with every candidate forced
+    (statistics from the training goods), to check the choice made on training goods against held-out goods."""
+    chosen = model.normaliser
+    good_maps = model.predict(train_images).maps
+    variants: dict[str, object] = {"raw": None, "norm": chosen}
+    for mode in MODES[1:]:
+        variants[mode] = MapNormaliser(mode, *candidate_stats(mode, good_maps), model_pool(model))
     out = {}
     for kind, (images, labels, masks) in sets.items():
-        for label, normalised in (("raw", False), ("norm", True)):
-            pred = model.score(images) if normalised else model.predict(images)
+        for label, normaliser in variants.items():
+            model.normaliser = normaliser
+            pred = model.score(images)
             maps = np.asarray(pred.maps, np.float32)
             if maps.shape[1] != VAL_SIZE:
                 maps = np.stack([cv2.resize(m, (VAL_SIZE, VAL_SIZE), interpolation=cv2.INTER_LINEAR) for m in maps])
@@ -120,6 +128,7 @@ def score_sets(model, sets) -> dict[str, dict[str, float]]:
                 "image_auroc": round(float(image_auroc(labels, pred.image_scores)), 4),
                 "pixel_auroc": round(float(pixel_auroc(masks, maps)), 4),
             }
+    model.normaliser = chosen
     return out
 
 
@@ -148,19 +157,34 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-sanity", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/product_aware.jsonl")
+    ap.add_argument("--bundle", help="score this trained run (model.pt, with its data.json) instead of training")
     args = ap.parse_args()
     configure_cpu_threads()
     root = resolve_data_path(args.data)
-    cls = get_model_class("draem")
-    config = cls.config_from_preset(args.preset)
-    train = load_folder(root / "train" / "good", config.image_size, shots=SHOTS, seed=args.seed)
-    held = held_out_goods(root, list(train.paths))
-    synth = SynthConfig(texture_source=args.texture_source, foreground=args.foreground, seed=args.seed)
-    model = seeded_model(cls, config, torch.device("cpu"), args.seed)
     load = os.getloadavg()
     t0 = time.perf_counter()
-    summary = fit(model, train.images, synth, Budget(iterations=args.iterations), seed=args.seed)
+    if args.bundle:  # inference only: the run's own training goods, from its data.json
+        from recon_core.bundle import load_bundle
+
+        loaded = load_bundle(args.bundle, "cpu")
+        model, synth = loaded.model, loaded.synth_config or SynthConfig()
+        train_paths = json.loads((Path(args.bundle).parent / "data.json").read_text())["train"]
+        train = load_images(train_paths, model.config.image_size)
+        iterations = int(loaded.metadata.get("iterations", 0))
+        args.preset, args.texture_source, args.foreground = (
+            loaded.metadata.get("preset"),
+            synth.texture_source,
+            synth.foreground,
+        )
+    else:
+        cls = get_model_class("draem")
+        config = cls.config_from_preset(args.preset)
+        train = load_folder(root / "train" / "good", config.image_size, shots=SHOTS, seed=args.seed)
+        synth = SynthConfig(texture_source=args.texture_source, foreground=args.foreground, seed=args.seed)
+        model = seeded_model(cls, config, torch.device("cpu"), args.seed)
+        iterations = fit(model, train.images, synth, Budget(iterations=args.iterations), seed=args.seed).iterations
     train_s = time.perf_counter() - t0
+    held = held_out_goods(root, list(train.paths))
     model.normaliser, norm_figures = calibrate(model, train.images, synth)
     row = {
         "data": args.data,
@@ -169,13 +193,14 @@ def main() -> None:
         "foreground": args.foreground,
         "foreground_decision": estimate_foreground(train.images, args.foreground).reason,
         "seed": args.seed,
-        "iterations": summary.iterations,
+        "iterations": iterations,
+        "bundle": args.bundle,
         "train_seconds": round(train_s, 1),
         "load_before": [round(x, 2) for x in load],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "normalisation": getattr(model.normaliser, "mode", "none"),
         "normalisation_validation": norm_figures,
-        **score_sets(model, validation_sets(held)),
+        **score_sets(model, validation_sets(held), train.images),
     }
     print(json.dumps(row))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

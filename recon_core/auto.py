@@ -374,13 +374,17 @@ def _split(spec: Any, cfg: AutoConfig, data_path: Path, size: int, trains: bool)
             n, size=holdout_count(n, cfg.holdout_share), replace=False
         )
     )
-    k_val, k_train = split_defects(spec.labelled_defects, trains)
+    named = spec.labelled_defect_files
+    k_val, k_train = split_defects(len(named) if named else spec.labelled_defects, trains)
     real, val_paths, train_paths = None, [], []
     if k_val:
-        _, images, masks, val_paths = _take_labelled(dataset.test, k_val, spec.seed + VALIDATION_DEFECT_SEED_OFFSET)
+        pool = dataset.test
+        if named:  # only the named defects (a project's choice): a seeded k_val of them choose, the rest train
+            pool = _without(dataset.test, _take_labelled(dataset.test, 0, spec.seed, named, data_path)[0].paths)
+        _, images, masks, val_paths = _take_labelled(pool, k_val, spec.seed + VALIDATION_DEFECT_SEED_OFFSET)
         real = {"images": images, "masks": masks}
         if k_train:  # exactly the ones execute_run will take from what is left (same function, same seed)
-            train_paths = _take_labelled(_without(dataset.test, val_paths), k_train, spec.seed)[3]
+            train_paths = _take_labelled(_without(pool, val_paths), k_train, spec.seed)[3]
     return _Split(
         held_goods=[dataset.train.paths[i] for i in held],
         validation_defects=list(val_paths),
@@ -402,7 +406,8 @@ def _candidate_spec(spec: Any, cfg: AutoConfig, name: str, split: _Split, budget
         model=name,
         preset=candidate_preset(cls, spec.preset),
         model_overrides=dict(cfg.candidate_overrides.get(name, {})),
-        labelled_defects=len(split.training_defects) if uses else 0,
+        labelled_defects=0,  # the training defects by name: exactly the ones the split chose
+        labelled_defect_files=list(split.training_defects) if uses else [],
         exclude_paths=sorted(set(spec.exclude_paths) | set(exclude)),
         iterations=budget.get("iterations"),
         minutes=budget.get("minutes"),

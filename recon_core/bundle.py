@@ -3,7 +3,7 @@
 Format: `torch.save` of a dict holding only tensors and plain Python types (so it loads with
 `torch.load(weights_only=True)`, which refuses pickled code):
 
-    {"format": "recon-studio-bundle", "format_version": 1, "model": name, "config": json, "synth": json,
+    {"format": "recon-studio-bundle", "format_version": 1 | 2, "model": name, "config": json, "synth": json,
      "threshold": json | None, "metadata": json, "state": model.state_dict(), "training_state": dict | None,
      "normalisation": dict | None (optional: map normalisation, see recon_core/normalisation.py)}
 
@@ -30,7 +30,9 @@ from recon_core.config import from_dict, to_dict
 from recon_core.errors import CheckpointError, ConfigError, ReconError
 
 FORMAT = "recon-studio-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this code reads. 2 = the bundle carries a map normalisation, which an older
+# reader would silently ignore (other scores than intended), so it must refuse it; bundles without one stay 1
+PLAIN_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -110,7 +112,7 @@ def bundle_dict(
     meta = {**default_metadata(), **(metadata or {})}
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": PLAIN_FORMAT_VERSION if getattr(model, "normaliser", None) is None else FORMAT_VERSION,
         "model": model.name,
         "config": json.dumps(model.config_dict()),
         "synth": _json_or_none(synth_config),

@@ -33,7 +33,7 @@ from recon_core.errors import ConfigError, ReconError
 
 PROBE_SIZE = 64
 PROBE_BATCH = 2
-ACTIVATION_FACTOR = 1.4  # CPU calibration implied 1.18-1.40 (DRAEM 64/128 px, batch 8/16; DSR 128 px): the top
+ACTIVATION_FACTOR = 1.5  # CPU calibration implied 1.08-1.47 (DRAEM 64/128 px, batch 8/16; DSR 128 px): above the top
 AMP_ACTIVATION_SHARE = 0.6  # 16-bit autocast: conv/matmul outputs halve, norms/losses stay float32
 CUDA_OVERHEAD_BYTES = 512 * 2**20  # cuDNN workspaces, allocator rounding (the CUDA context is outside mem_get_info)
 CPU_OVERHEAD_BYTES = 256 * 2**20  # interpreter, torch, data arrays
@@ -216,4 +216,33 @@ def try_estimate(model_name: str, config: Any, device: torch.device | str = "cpu
         return None
 
 
-__all__ = ["MemoryEstimate", "available_bytes", "check_fits", "estimate", "try_estimate", "uses_mixed_precision"]
+def preset_summary(model_name: str, preset: str | None, device: str = "auto") -> tuple[str, bool] | None:
+    """For the Train page: (what a preset's training needs and what `device` has free now, whether it fits); None
+    when either is unknown."""
+    from recon_core.device import resolve_device
+    from recon_core.models import get_model_class
+
+    try:
+        where = resolve_device(device)
+        config = get_model_class(model_name).config_from_preset(preset)
+    except ReconError:
+        return None
+    est = try_estimate(model_name, config, where)
+    if est is None:
+        return None
+    free = available_bytes(where)
+    fits = free is None or est.total <= SAFETY * free
+    room = "" if free is None else f"; {where.type} has {free / GB:.1f} GB free now"
+    advice = "" if fits else ": it will not fit, choose a smaller preset or another device"
+    return f"Memory: needs {est.describe()}{room}{advice}", fits
+
+
+__all__ = [
+    "MemoryEstimate",
+    "available_bytes",
+    "check_fits",
+    "estimate",
+    "preset_summary",
+    "try_estimate",
+    "uses_mixed_precision",
+]

@@ -52,6 +52,9 @@ class RunSpec:
     checkpoint_every: int = 50
     name: str | None = None
     labelled_defects: int = 0
+    # named defect images of the data's test split to train with instead of a seeded choice of `labelled_defects`
+    # (paths, absolute or relative to the data folder); like those, they leave the evaluation
+    labelled_defect_files: list[str] = field(default_factory=list)
     # files left out of training and evaluation (model "auto" holds them out to choose the model on)
     exclude_paths: list[str] = field(default_factory=list)
 
@@ -62,6 +65,11 @@ class RunSpec:
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool) and value < low:
                 raise ConfigError(f"run spec: {name} must be at least {low}, got {value}")
+        if self.labelled_defect_files and self.labelled_defects not in (0, len(self.labelled_defect_files)):
+            raise ConfigError(
+                f"run spec: labelled_defects ({self.labelled_defects}) and labelled_defect_files "
+                f"({len(self.labelled_defect_files)} files) disagree; give one of them"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -119,16 +127,40 @@ def budget_for(spec: RunSpec, model_cls: Any, preset: str) -> Any:
     return Budget(**{k: (int(v) if k == "iterations" else float(v)) for k, v in suggested.items()})
 
 
-def _take_labelled(test: Any, count: int, seed: int) -> tuple[Any, np.ndarray, np.ndarray | None, list[str]]:
-    """Remove `count` seeded defect images from the test set -> (remaining test, images, masks, paths)."""
+def _named_indices(test: Any, files: list[str], root: Path) -> np.ndarray:
+    """Indices in the test split of the named defect images (absolute paths, or relative to the data folder)."""
+    where = {Path(p).resolve(): i for i, p in enumerate(test.paths)}
+    chosen = []
+    for name in files:
+        path = Path(name).expanduser()
+        candidates = [path] if path.is_absolute() else [root / path, path]
+        index = next((where[c.resolve()] for c in candidates if c.resolve() in where), None)
+        if index is None:
+            raise DataError(f"labelled defect {name}: not an image of the test split of {root}")
+        if test.labels[index] != 1:
+            raise DataError(f"labelled defect {name}: a good image, not a defect")
+        chosen.append(index)
+    if len(set(chosen)) != len(chosen):
+        raise DataError("labelled defect files: a file is named twice")
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def _take_labelled(
+    test: Any, count: int, seed: int, files: list[str] | None = None, root: Path | None = None
+) -> tuple[Any, np.ndarray, np.ndarray | None, list[str]]:
+    """Remove `count` seeded defect images (or the named `files`) from the test set -> (remaining test, images,
+    masks, paths)."""
     from recon_core.images import TestSet
 
     if test is None:
         raise DataError("labelled_defects: the data has no test split with defect images to take them from")
-    defect_idx = np.flatnonzero(np.asarray(test.labels) == 1)
-    if len(defect_idx) < count:
-        raise DataError(f"labelled_defects: asked for {count} defect images, the test split has {len(defect_idx)}")
-    chosen = np.sort(np.random.default_rng(seed).choice(defect_idx, size=count, replace=False))
+    if files:
+        chosen = _named_indices(test, files, root or Path("."))
+    else:
+        defect_idx = np.flatnonzero(np.asarray(test.labels) == 1)
+        if len(defect_idx) < count:
+            raise DataError(f"labelled_defects: asked for {count} defect images, the test split has {len(defect_idx)}")
+        chosen = np.sort(np.random.default_rng(seed).choice(defect_idx, size=count, replace=False))
     keep = np.setdiff1d(np.arange(len(test)), chosen)
     rest = TestSet(
         images=test.images[keep],
@@ -292,9 +324,12 @@ def execute_run(
         train_images, train_paths = dataset.train.images, list(dataset.train.paths)
         labelled_paths: list[str] = []
         model = seeded_model(cls, config, device, spec.seed)  # starting weights follow the run's seed
-        if spec.labelled_defects:
-            test, l_images, l_masks, labelled_paths = _take_labelled(test, spec.labelled_defects, spec.seed)
+        if spec.labelled_defects or spec.labelled_defect_files:
+            test, l_images, l_masks, labelled_paths = _take_labelled(
+                test, spec.labelled_defects, spec.seed, spec.labelled_defect_files, data_path
+            )
             model.set_labelled_defects(l_images, l_masks)
+            log.info("training with %d labelled defect image(s); they leave the evaluation", len(labelled_paths))
         held_images, held_paths = None, []
         if test is None:
             train_images, train_paths, held_images, held_paths = _holdout(dataset.train, spec.seed)

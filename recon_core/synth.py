@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -134,6 +135,24 @@ class SynthConfig:
         step=0.05,
         label="Thin defects (scratches): share",
         group="Defect shape (Perlin noise)",
+    )
+    real_defect_share: float = knob(
+        0.5,
+        "share of the defects that are transplanted real ones when training has labelled defects (DRAEM, DSR)",
+        lo=0.0,
+        hi=1.0,
+        step=0.05,
+        label="Real defects: share of the defects transplanted from them",
+        group="Real defects (when the project has some for training)",
+    )
+    real_image_share: float = knob(
+        0.1,
+        "share of DRAEM's / DSR's training samples that are the labelled defect images themselves",
+        lo=0.0,
+        hi=0.5,
+        step=0.05,
+        label="Real defects: share of samples shown as they are",
+        group="Real defects (when the project has some for training)",
     )
     foreground: str = knob(
         "auto",
@@ -405,7 +424,9 @@ class DefectGenerator:
     """Makes (augmented, mask, has_defect) batches from good images. Seed through the rng passed to each call.
 
     `goods` (the training good images, (N, H, W, 3) in [0, 1]) feed the foreground estimate (config.foreground)
-    and texture_source "self"; without them defects may land anywhere. `foreground` overrides the estimate."""
+    and texture_source "self"; without them defects may land anywhere. `foreground` overrides the estimate.
+    With a `bank` (recon_core.defect_bank.DefectBank of the run's labelled defects), config.real_defect_share of
+    the defects are transplanted real ones, on the foreground like the others."""
 
     def __init__(
         self,
@@ -415,6 +436,7 @@ class DefectGenerator:
         *,
         goods: np.ndarray | None = None,
         foreground: Foreground | None = None,
+        bank: Any = None,
     ) -> None:
         if not isinstance(config, SynthConfig):
             raise ConfigError(f"expected a SynthConfig, got {type(config).__name__}")
@@ -422,6 +444,7 @@ class DefectGenerator:
             raise ConfigError(f"image_size must be at least 8, got {image_size}")
         self.config = config
         self.image_size = int(image_size)
+        self.bank = bank
         self._pools: dict[tuple[int, int], np.ndarray] = {}
         if foreground is None:
             if goods is not None and len(goods):
@@ -546,6 +569,12 @@ class DefectGenerator:
             if not (force_defect or rng.random() < cfg.defect_probability):
                 continue
             allowed = self.foreground.mask(out[i]) if self.foreground.enabled else None
+            if self.bank is not None and rng.random() < cfg.real_defect_share:
+                pasted = self.bank.paste(out[i], rng, allowed)
+                if pasted is not None:
+                    out[i], masks[i] = pasted
+                    has_defect[i] = True
+                    continue
             mask = None
             if cfg.thin_probability > 0 and rng.random() < cfg.thin_probability:
                 mask = scratch_mask(rng, height, width, allowed)

@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from recon_core import precision
 from recon_core.errors import CheckpointError, TrainingCancelled, TrainingError
 from recon_core.models.base import AnomalyModel, Budget, Progress, ProgressFn, TrainingStage
+from recon_core.pipeline import BatchMaker, BatchPipeline, default_workers, iteration_rngs
 from recon_core.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class TrainSummary:
     cancelled: bool = False
     stopped_by_time: bool = False
     stage_iterations: dict[str, int] = field(default_factory=dict)
+    data_wait_s: float = 0.0  # seconds the loop waited for batches (this attempt): the data pipeline's cost
+    data_workers: int = 0
 
 
 def stage_lengths(total: int, stages: list[TrainingStage]) -> list[int]:
@@ -93,13 +97,6 @@ def _position(iteration: int, lengths: list[int | None]) -> tuple[int, int] | No
 def lr_factor(local: int, length: int, drops: tuple[float, ...]) -> float:
     frac = local / max(1, length)
     return 0.1 ** sum(1 for d in drops if frac >= d)
-
-
-def _batch(images: np.ndarray, batch_size: int, rng: np.random.Generator, device: torch.device) -> torch.Tensor:
-    n = len(images)
-    idx = rng.choice(n, size=batch_size, replace=n < batch_size)
-    batch = torch.from_numpy(np.ascontiguousarray(images[np.sort(idx)], dtype=np.float32))
-    return batch.permute(0, 3, 1, 2).contiguous().to(device)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -181,11 +178,11 @@ def _planned(state: _State, weights: list[float], planned_end: float) -> list[in
 def _training_state(
     state: _State,
     stages: list[TrainingStage],
-    rng: np.random.Generator,
     seed: int,
     budget: Budget,
     elapsed: float,
     total: int,
+    scaler: torch.amp.GradScaler | None,
 ) -> dict[str, Any]:
     pos = _position(max(0, state.iteration - 1), state.lengths)
     out: dict[str, Any] = {
@@ -199,9 +196,11 @@ def _training_state(
         "seed": seed,
         "budget": json.dumps({"iterations": budget.iterations, "minutes": budget.minutes}),
         "optimizers": [[opt.state_dict() for opt in s.optimizers] for s in stages],
-        "rng": json.dumps(rng.bit_generator.state),
+        "batch_seeding": "per-iteration",  # batches are a function of (seed, stage, iteration): no rng state
         "torch_rng": torch.get_rng_state(),
     }
+    if scaler is not None:
+        out["grad_scaler"] = scaler.state_dict()
     if torch.cuda.is_available():
         out["cuda_rng"] = torch.cuda.get_rng_state_all()
     return out
@@ -222,10 +221,10 @@ def _write_checkpoint(path: Path, model: AnomalyModel, synth_config: Any, traini
 
 
 def _restore(
-    path: Path, model: AnomalyModel, stages: list[TrainingStage], rng: np.random.Generator, state: _State
+    path: Path, model: AnomalyModel, stages: list[TrainingStage], state: _State, scaler: torch.amp.GradScaler | None
 ) -> None:
     try:
-        _load_checkpoint(path, model, stages, rng, state)
+        _load_checkpoint(path, model, stages, state, scaler)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:  # a key missing, a bad rng state
         raise CheckpointError(
             f"{path}: checkpoint is incomplete or damaged ({type(exc).__name__}: {str(exc)[:200]}); it cannot be "
@@ -234,9 +233,10 @@ def _restore(
 
 
 def _load_checkpoint(
-    path: Path, model: AnomalyModel, stages: list[TrainingStage], rng: np.random.Generator, state: _State
+    path: Path, model: AnomalyModel, stages: list[TrainingStage], state: _State, scaler: torch.amp.GradScaler | None
 ) -> None:
     from recon_core.bundle import read_bundle_dict
+    from recon_core.config import from_dict, to_dict
 
     raw = read_bundle_dict(path, map_location=model.device)
     ts = raw.get("training_state")
@@ -245,6 +245,8 @@ def _load_checkpoint(
     if raw["model"] != model.name:
         raise CheckpointError(f"{path}: checkpoint of a {raw['model']!r} model, cannot resume a {model.name!r} run")
     saved_config = json.loads(raw["config"])
+    # settings added since the checkpoint was written take their defaults
+    saved_config = to_dict(from_dict(type(model.config), saved_config, where=f"{path} config"))
     if saved_config != model.config_dict():
         raise CheckpointError(f"{path}: checkpoint was trained with another configuration; start a new run")
     model.load_state_dict(raw["state"])
@@ -256,8 +258,9 @@ def _load_checkpoint(
     for saved, stage in zip(opt_states, stages, strict=True):
         for opt_state, opt in zip(saved, stage.optimizers, strict=True):
             opt.load_state_dict(opt_state)
-    rng.bit_generator.state = json.loads(ts["rng"])
     torch.set_rng_state(ts["torch_rng"].cpu())
+    if scaler is not None and "grad_scaler" in ts:
+        scaler.load_state_dict(ts["grad_scaler"])
     if "cuda_rng" in ts and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([t.cpu() for t in ts["cuda_rng"]])
     state.iteration = int(ts["iteration"])
@@ -312,8 +315,10 @@ def fit(
     resume: bool = False,
     loss_log_path: str | Path | None = None,
     progress_every: int | None = None,
+    data_workers: int | None = None,
 ) -> TrainSummary:
-    """Train `model` on (N, H, W, 3) float32 images in [0, 1]. See the module docstring for the schedule."""
+    """Train `model` on (N, H, W, 3) float32 images in [0, 1]. See the module docstring for the schedule, and
+    recon_core/pipeline.py for how batches are made (`data_workers`: None = the device's default)."""
     images = np.asarray(train_images, dtype=np.float32)
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
         raise TrainingError(f"training images must be (N, H, W, 3) with N >= 1, got shape {images.shape}")
@@ -321,11 +326,16 @@ def fit(
     if images.shape[1:3] != (size, size):
         raise TrainingError(f"training images are {images.shape[1:3]}, the model expects {size}x{size}")
     seed_everything(seed)
-    rng = np.random.default_rng(seed)
     model.setup_training(images, synth_config, seed)
     stages = model.stages()
     if not stages:
         raise TrainingError(f"{model.name}: the model has no training stages")
+    amp_dtype = precision.autocast_dtype(model.config, model.device)
+    if amp_dtype is torch.float16 and not model.supports_grad_scaling:
+        log.warning("%s: fp16 needs gradient scaling, which this model does not do; training in fp32", model.name)
+        amp_dtype = None
+    model.grad_scaler = scaler = precision.grad_scaler(amp_dtype, model.device)
+    precision.apply_layout(model.config, model)
     base_lrs = [[[float(g["lr"]) for g in opt.param_groups] for opt in s.optimizers] for s in stages]
     weights = _weights(stages)
     limit = budget.minutes * 60.0 if budget.minutes is not None else math.inf  # seconds over all attempts
@@ -337,7 +347,7 @@ def fit(
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     resumed = False
     if resume and ckpt is not None and ckpt.is_file():
-        _restore(ckpt, model, stages, rng, state)
+        _restore(ckpt, model, stages, state, scaler)
         if budget.iterations is not None:
             _fill_unplanned(state.lengths, budget.iterations, stages)
         pos = _position(state.iteration, state.lengths)
@@ -348,6 +358,9 @@ def fit(
     elif resume:
         log.info("no checkpoint to resume from; starting from scratch")
     loss_log = _LossLog(loss_log_path, state.iteration if resumed else None)
+    workers = default_workers(model.device) if data_workers is None else max(0, int(data_workers))
+    maker = BatchMaker(images, int(model.config.batch_size), seed, [s.synth for s in stages])
+    pipeline = BatchPipeline(maker, model.device, workers, channels_last=bool(model.config.channels_last))
 
     model.train_mode(True)
     start = time.perf_counter()
@@ -368,7 +381,7 @@ def fit(
     def checkpoint() -> None:
         if ckpt is not None:
             loss_log.flush()
-            ts = _training_state(state, stages, rng, seed, budget, total_s(), total())
+            ts = _training_state(state, stages, seed, budget, total_s(), total(), scaler)
             _write_checkpoint(ckpt, model, synth_config, ts)
 
     def report(stage: TrainingStage, lr: float) -> None:
@@ -410,9 +423,11 @@ def fit(
                 _open_slot(state, k, stages, weights, planned_end, total_s())
             stage, length = stages[k], state.lengths[k]
             lr = _set_lrs(stage, base_lrs[k], 1.0 if length is None else lr_factor(local, length, stage.lr_drops))
-            batch = _batch(images, batch_size, rng, model.device)
+            batch = pipeline.get(k, state.iteration)
+            _, step_rng = iteration_rngs(seed, state.iteration)
             try:
-                raw_losses = stage.step(batch, rng)
+                with precision.autocast(amp_dtype, model.device):
+                    raw_losses = stage.step(batch if stage.synth is not None else batch["images"], step_rng)
             except (RuntimeError, MemoryError) as exc:
                 if _is_oom(exc):
                     raise TrainingError(
@@ -451,6 +466,15 @@ def fit(
             loss_log.flush()  # rows after the last checkpoint are dropped on resume, so keeping them is safe
         model.train_mode(False)
         raise
+    finally:
+        pipeline.close()
+        model.grad_scaler = None
+    if pipeline.batches:
+        log.info(
+            "data: %.1f %% of the loop's time waiting for batches (%d workers)",
+            100 * pipeline.wait_s / max(elapsed(), 1e-9),
+            workers,
+        )
     planned = _planned(state, weights, planned_end)
     return TrainSummary(
         iterations=state.iteration,
@@ -460,6 +484,8 @@ def fit(
         cancelled=False,
         stopped_by_time=stopped_by_time,
         stage_iterations={s.name: n for s, n in zip(stages, planned, strict=True)},
+        data_wait_s=pipeline.wait_s,
+        data_workers=workers,
     )
 
 

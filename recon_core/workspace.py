@@ -52,6 +52,7 @@ PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # same rule as th
 HOLDOUT_SHARE = 0.2
 DEFAULT_DEFECT_TYPE = "defect"
 HOLDOUT_MIN = 2
+TRAINING_DEFECTS_MAX = 5  # default: up to this many masked defects train (DRAEM/DSR), at most half of them
 MIN_GOODS = 10  # fewer: a warning (training still works, evaluation is thin)
 MAX_GOODS_ADVICE = 50
 
@@ -136,6 +137,25 @@ class Project:
             mask = self.mask_dir / f"{img.stem}_mask.png"
             out.append((img, mask if mask.is_file() else None))
         return out
+
+    def training_defects(self) -> list[Path]:
+        """The real defect images training uses (masked ones only; all others are evaluated): the names saved by
+        set_training_defects, else a seeded choice of half the masked defects, at most TRAINING_DEFECTS_MAX."""
+        masked = [img for img, mask in self.defects() if mask is not None]
+        meta = self.meta()
+        if "training_defects" in meta:
+            names = set(meta["training_defects"])
+            return [p for p in masked if p.name in names]
+        count = min(TRAINING_DEFECTS_MAX, len(masked) // 2)
+        picked = np.random.default_rng(int(meta.get("seed", 0))).choice(len(masked), size=count, replace=False)
+        return [masked[i] for i in sorted(picked)]
+
+    def set_training_defects(self, names: list[str]) -> None:
+        masked = {img.name for img, mask in self.defects() if mask is not None}
+        unknown = [n for n in names if n not in masked]
+        if unknown:
+            raise DataError(f"{', '.join(unknown)}: not a defect image with a mask in project {self.name}")
+        self.save_meta({**self.meta(), "training_defects": sorted(set(names))})
 
     def defect_types(self) -> dict[str, str]:
         """{defect image file name: its type} ("defect" when none was given; MVTec imports: the folder name)."""

@@ -174,6 +174,7 @@ def test_train_page_renders_and_switches_budget() -> None:
     at.run()
     assert not at.exception
     assert at.number_input(key="budget_iterations").value == 500
+    assert any(c.value.startswith("Memory: needs about") for c in at.caption)  # what the preset needs (memory.py)
 
 
 def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -353,3 +354,33 @@ def test_train_start_follows_the_new_job(workspace: Path, monkeypatch: pytest.Mo
         for job in store.list_jobs("demo"):
             if job.is_active:
                 store.cancel(job.id)
+
+
+def test_real_defects_for_training_shown_and_chosen(workspace: Path) -> None:
+    """Project page: which real defects train and which are evaluated (and the choice saved); Train page: what the
+    model learns from; designer: the training defects transplanted onto goods."""
+    from recon_core.workspace import open_project
+
+    project = open_project(workspace, "demo")
+    training = [p.name for p in project.training_defects()]
+    assert len(training) == 3  # default: half of the 6 masked demo defects
+    at = run_page("1_project.py")
+    roles = next(d.value for d in at.dataframe if "used for" in d.value.columns)
+    assert sorted(roles.loc[roles["used for"].str.startswith("training"), "defect"]) == sorted(training)
+    assert (roles["used for"] == "evaluation").sum() == 3
+    at = run_page("3_train.py")
+    assert "3 real defect(s)" in texts(at) and all(name in texts(at) for name in training)
+    at = run_page("2_designer.py")
+    assert not any("No real defects chosen" in c.value for c in at.caption)
+    at = run_page("1_project.py")
+    at.multiselect(key="training_defects").set_value([training[0]])
+    next(b for b in at.button if b.label == "Save choice").click()
+    at.run()
+    assert not at.exception
+    try:
+        assert [p.name for p in project.training_defects()] == [training[0]]
+        assert "1 real defect(s)" in texts(run_page("3_train.py"))
+    finally:
+        meta = project.meta()
+        meta.pop("training_defects", None)
+        project.save_meta(meta)

@@ -280,3 +280,17 @@ def test_bench_models_auto(mvtec, tmp_path):
     assert rows[0]["model"] == "auto" and rows[0]["image_auroc"] is not None
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("auto-*/candidates.json")]
     assert record["winner"] == "meanref"
+
+
+def test_named_defects_split_between_choosing_and_training(mvtec, tmp_path):
+    """A project names its training defects (RunSpec.labelled_defect_files): auto chooses and trains on those only,
+    and a candidate that cannot take real defects is not handed them (it would refuse)."""
+    named = sorted(str(p) for p in (mvtec / "test" / "crack").iterdir())[:4]
+    run = tmp_path / "run"
+    execute_run(auto_spec(mvtec, ["blind"], ["meanref"], labelled_defect_files=named), run)
+    record = json.loads((run / "candidates.json").read_text())
+    val, train = set(record["validation_defects"]), set(record["training_defects"])
+    assert val | train == set(named) and len(val) == 2 and not val & train
+    assert set(json.loads((run / "candidates" / "meanref" / "data.json").read_text())["labelled_defects"]) == train
+    assert json.loads((run / "candidates" / "blind" / "data.json").read_text())["labelled_defects"] == []
+    assert not set(load_eval(run / "eval").paths) & set(named)

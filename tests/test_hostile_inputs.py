@@ -361,8 +361,8 @@ def test_corrupt_project_files_name_the_file_and_keep_the_images(tmp_path):
 
 RESUME_DAMAGE = {
     "truncated": r"corrupt file",
-    "no rng": r"incomplete or damaged \(KeyError",
-    "bad rng": r"incomplete or damaged",
+    "no iteration": r"incomplete or damaged \(KeyError",
+    "bad torch rng": r"incomplete or damaged",
     "no torch rng": r"incomplete or damaged \(KeyError",
     "other config": r"another configuration",
     "finished bundle": r"no training state",
@@ -386,7 +386,7 @@ def test_resume_from_a_damaged_or_foreign_checkpoint(tmp_path, monkeypatch, dama
     if damage == "truncated":
         ckpt.write_bytes(ckpt.read_bytes()[:-500])
     elif damage not in ("other config",):
-        {"no rng": lambda: ts.pop("rng"), "bad rng": lambda: ts.update(rng='{"state": 1}'),
+        {"no iteration": lambda: ts.pop("iteration"), "bad torch rng": lambda: ts.update(torch_rng=torch.zeros(3)),
          "no torch rng": lambda: ts.pop("torch_rng"), "finished bundle": lambda: raw.update(training_state=None),
          "other model": lambda: raw.update(model="draem")}[damage]()  # fmt: skip
         torch.save(raw, ckpt)

@@ -64,7 +64,7 @@ def test_a_run_that_cannot_fit_is_refused_with_a_batch_that_would(monkeypatch):
 
 def test_unknown_free_memory_never_refuses(monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device: None)
-    assert memory.check_fits("draem", _cfg(batch_size=4096), "cpu") is not None
+    assert memory.check_fits("draem", _cfg(batch_size=1024), "cpu") is not None
 
 
 def test_describe_names_the_parts():
@@ -127,3 +127,12 @@ def test_train_refuses_a_run_that_cannot_fit_before_loading_data(tmp_path, monke
     spec = RunSpec(data=str(tmp_path / "empty"), model="draem", model_overrides=TINY, iterations=2, device="cpu")
     with pytest.raises(ConfigError, match=r"has 0\.0 GB free"):  # not the DataError of the missing folder
         execute_run(spec, tmp_path / "run")
+
+
+def test_preset_summary_says_what_a_preset_needs_and_warns_when_it_cannot_fit(monkeypatch):
+    text, fits = memory.preset_summary("draem", "cpu-fast", "cpu")
+    assert fits and text.startswith("Memory: needs about") and "GB free now" in text
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1000)
+    text, fits = memory.preset_summary("draem", "cpu-fast", "cpu")
+    assert not fits and "will not fit" in text
+    assert memory.preset_summary("draem", "no-such-preset", "cpu") is None

@@ -175,3 +175,17 @@ def test_a_damaged_normalisation_field_is_refused(tmp_path, stripe_registered):
     atomic_torch_save(raw, tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match="normalisation"):
         load_bundle(tmp_path / "m.pt", "cpu")
+
+
+def test_a_bundle_with_normalisation_is_refused_by_an_older_reader(tmp_path, stripe_registered, monkeypatch):
+    """An older Recon Studio would ignore the normalisation and give other scores: it must refuse the file."""
+    from recon_core import bundle
+    from recon_core.bundle import load_bundle, read_bundle_dict, save_bundle
+
+    model = StripeModel(StripeConfig())
+    model.normaliser = MapNormaliser("global", np.zeros((SIZE, SIZE)), np.ones((SIZE, SIZE)), 1)
+    save_bundle(tmp_path / "m.pt", model, synth_config=None)
+    assert read_bundle_dict(tmp_path / "m.pt")["format_version"] == bundle.FORMAT_VERSION == 2
+    monkeypatch.setattr(bundle, "FORMAT_VERSION", 1)
+    with pytest.raises(CheckpointError, match="newer"):
+        load_bundle(tmp_path / "m.pt", "cpu")

@@ -135,7 +135,23 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--init-from", default=None, metavar="BUNDLE", help="warm start from a model.pt of the same model")
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints (default 50)")
-    p.add_argument("--labelled-defects", type=int, default=None, help="real defect images to train with (some models)")
+    p.add_argument(
+        "--labelled-defects",
+        type=int,
+        default=None,
+        metavar="K",
+        help="train with K real defect images (seeded choice from the test split; draem and dsr need their masks); "
+        "they leave the evaluation (draem, dsr, aae)",
+    )
+    p.add_argument(
+        "--labelled-defect-file",
+        dest="labelled_defect_files",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="a defect image of the test split to train with instead of a seeded choice (repeatable; absolute or "
+        "relative to the data folder); it leaves the evaluation",
+    )
     p.add_argument("--name", default=None, help="a label for the run")
 
 

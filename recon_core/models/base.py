@@ -66,6 +66,10 @@ class TrainingStage:
     step: Callable[[torch.Tensor, np.random.Generator], dict[str, float]]
     optimizers: list[torch.optim.Optimizer]
     lr_drops: tuple[float, ...] = (0.8, 0.9)  # fractions of the stage where lr is multiplied by 0.1
+    # Optional batch synthesis run ahead of the step in data workers (recon_core/pipeline.py): picklable,
+    # (clean images (B, H, W, 3) float32, rng) -> {name: array}. With it, `step` gets a dict of tensors on the
+    # device, {"images": (B, 3, H, W), **those}, instead of the image tensor.
+    synth: Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]] | None = None
 
 
 @dataclass
@@ -208,11 +212,13 @@ class AnomalyModel(ABC):
     default_preset: ClassVar[str] = "cpu"
     description: ClassVar[str] = ""
     uses_labelled_defects: ClassVar[bool] = False  # True if fit can take a few real defect images
+    supports_grad_scaling: ClassVar[bool] = False  # True if its steps go through optimizer_step (fp16 training)
 
     def __init__(self, config: ModelConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
         self.synth_config: Any = None  # the SynthConfig used for training, set by setup_training
+        self.grad_scaler: torch.amp.GradScaler | None = None  # set by train.fit for fp16 training
         self.normaliser: Any = None  # normalisation.MapNormaliser fitted after training, or None (raw scores)
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -247,6 +253,17 @@ class AnomalyModel(ABC):
     @abstractmethod
     def stages(self) -> list[TrainingStage]:
         """The training phases in order; valid after setup_training."""
+
+    def optimizer_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """zero_grad, backward, step; through the gradient scaler when fit set one (fp16)."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.grad_scaler.scale(loss).backward()
+        self.grad_scaler.step(optimizer)
+        self.grad_scaler.update()
 
     def finish_training(self, train_images: np.ndarray) -> None:  # noqa: B027 - optional hook
         """After the last step: compute statistics needed for scoring (e.g. latent mean/covariance)."""

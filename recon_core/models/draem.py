@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from recon_core.defect_bank import LabelledDefectsMixin
 from recon_core.errors import ConfigError
 from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Prediction, TrainingStage
 from recon_core.models.layers import (
@@ -92,7 +93,7 @@ class DraemNets(nn.Module):
         return recon, self.discriminative(torch.cat([x, recon], dim=1))
 
 
-class Draem(AnomalyModel):
+class Draem(LabelledDefectsMixin, AnomalyModel):
     name: ClassVar[str] = "draem"
     config_class: ClassVar[type[ModelConfig]] = DraemConfig
     description: ClassVar[str] = (
@@ -100,6 +101,7 @@ class Draem(AnomalyModel):
         "Strong on objects and textures; gives pixel-accurate maps."
     )
     default_preset: ClassVar[str] = "cpu"
+    supports_grad_scaling: ClassVar[bool] = True
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # The published configuration: 256 px, w = 128 / 64 (~97M parameters), Adam 1e-4, batch 8; the paper
         # trains 700 epochs of 200-400 images, i.e. ~20k iterations (see preset_budgets). GPU only.
@@ -170,22 +172,30 @@ class Draem(AnomalyModel):
         from recon_core.synth import DefectGenerator, SynthConfig
 
         self.synth_config = synth_config if synth_config is not None else SynthConfig()
-        self.generator = DefectGenerator(self.synth_config, self.cfg.image_size, goods=train_images)
+        # with labelled defects, some synthetic defects are transplanted real ones (synth.real_defect_share)
+        self.generator = DefectGenerator(
+            self.synth_config, self.cfg.image_size, goods=train_images, bank=self.defect_bank
+        )
         # one Adam over both networks, as in the official code (the lr drops are applied by train.fit)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.cfg.lr)
 
     def stages(self) -> list[TrainingStage]:
         if self.optimizer is None:
             raise ConfigError("draem: call setup_training before stages()")
-        return [TrainingStage("draem", 1.0, self._step, [self.optimizer])]
+        synth = DraemSynth(self.generator, self.cfg.train_crop)
+        return [TrainingStage("draem", 1.0, self._step, [self.optimizer], synth=synth)]
 
-    def losses(self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(
+        self, clean: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor, n_clean: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """DRAEM's loss on one batch: L2 + (1 - SSIM) of the reconstruction vs the clean image, focal loss of
-        the segmentation vs the defect mask, + sspcab_weight x SSPCAB MSE."""
+        the segmentation vs the defect mask, + sspcab_weight x SSPCAB MSE. Only the first `n_clean` samples
+        (default all) have a clean image; the rest (real defect images) train the segmentation alone."""
         recon, logits = self.nets(augmented)
+        n = len(clean) if n_clean is None else n_clean
         out = {
-            "l2": F.mse_loss(recon, clean),
-            "ssim": ssim_loss(recon, clean),
+            "l2": F.mse_loss(recon[:n], clean[:n]),
+            "ssim": ssim_loss(recon[:n], clean[:n]),
             "focal": focal_loss(logits, masks, gamma=self.cfg.focal_gamma),
         }
         total = out["l2"] + out["ssim"] + out["focal"]
@@ -197,31 +207,57 @@ class Draem(AnomalyModel):
         return out
 
     def synthesize(self, images: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean (B, 3, H, W) batch -> (augmented batch, masks (B, H, W)) on the model's device."""
+        """Clean (B, 3, H, W) batch -> (augmented batch, masks (B, H, W)) on the model's device. Off the training
+        path: train.fit has DraemSynth make these in its data workers, from the CPU copy of the batch."""
         if self.generator is None:
             raise ConfigError("draem: call setup_training before training steps")
-        batch = images.detach().permute(0, 2, 3, 1).float().cpu().numpy()
-        aug, masks, _ = self.generator.augment(batch, rng)
-        aug_t = torch.from_numpy(aug).permute(0, 3, 1, 2)
-        return self._format(aug_t), torch.from_numpy(masks).to(self.device)
+        made = DraemSynth(self.generator)(images.detach().permute(0, 2, 3, 1).float().cpu().numpy(), rng)
+        return self._format(torch.from_numpy(made["augmented"])), torch.from_numpy(made["masks"]).to(self.device)
+
+    def real_positives(
+        self, augmented: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The batch's last samples replaced by labelled defect images (synth.real_image_share of the batch,
+        binomial, at least one sample left synthetic) -> (augmented, masks, number of synthetic samples)."""
+        share = getattr(self.synth_config, "real_image_share", 0.0)
+        if self.defect_bank is None or share <= 0:
+            return augmented, masks, len(augmented)
+        n = min(int(rng.binomial(len(augmented), share)), len(augmented) - 1)
+        if n <= 0:
+            return augmented, masks, len(augmented)
+        images, real_masks = self.defect_bank.real_positives(n, rng)
+        side = augmented.shape[-1]
+        if side < images.shape[1]:  # training on crops (train_crop): the same window size of the real images
+            corners = rng.integers(0, images.shape[1] - side + 1, size=(n, 2))
+            windows = [(slice(y, y + side), slice(x, x + side)) for y, x in corners]
+            images = np.stack([im[w] for im, w in zip(images, windows, strict=True)])
+            real_masks = np.stack([m[w] for m, w in zip(real_masks, windows, strict=True)])
+        augmented, masks = augmented.clone(), masks.clone()
+        augmented[-n:] = self._format(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+        masks[-n:] = torch.from_numpy(np.ascontiguousarray(real_masks)).to(self.device)
+        return augmented, masks, len(augmented) - n
 
     def _crop(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """A random train_crop x train_crop window of each image (train_crop 0: the images unchanged)."""
-        side, full = self.cfg.train_crop, images.shape[-1]
-        if not side or side >= full:
+        corners = crop_corners(len(images), images.shape[-1], self.cfg.train_crop, rng)
+        if corners is None:
             return images
-        corners = rng.integers(0, full - side + 1, size=(len(images), 2))
+        side = self.cfg.train_crop
         return torch.stack([img[:, y : y + side, x : x + side] for img, (y, x) in zip(images, corners, strict=True)])
 
-    def _step(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+    def _step(self, batch: dict[str, torch.Tensor] | torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+        """One step on a prepared batch {"images", "augmented", "masks"} (train.fit's DraemSynth, crops included)
+        or on a clean image tensor (cropped and synthesised here)."""
         assert self.optimizer is not None
         self.nets.train()
-        images = self._crop(images, rng)
-        augmented, masks = self.synthesize(images, rng)
-        losses = self.losses(self._format(images), augmented, masks)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        self.optimizer.step()
+        if isinstance(batch, torch.Tensor):
+            images = self._crop(batch, rng)
+            augmented, masks = self.synthesize(images, rng)
+        else:
+            images, augmented, masks = batch["images"], self._format(batch["augmented"]), batch["masks"]
+        augmented, masks, n_clean = self.real_positives(augmented, masks, rng)
+        losses = self.losses(self._format(images), augmented, masks, n_clean)
+        self.optimizer_step(losses["total"], self.optimizer)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     # ---- inference ---------------------------------------------------------------------------------------
@@ -290,6 +326,34 @@ class Draem(AnomalyModel):
         return _DraemScorer(self)
 
 
+def crop_corners(n: int, full: int, side: int, rng: np.random.Generator) -> np.ndarray | None:
+    """(n, 2) random top-left corners of side x side windows in full x full images; None when not cropping."""
+    if not side or side >= full:
+        return None
+    return rng.integers(0, full - side + 1, size=(n, 2))
+
+
+class DraemSynth:
+    """DRAEM's training batch synthesis, run by the data workers (picklable: the generator and the crop size):
+    optional random train_crop windows, then the generator's defects."""
+
+    def __init__(self, generator: Any, train_crop: int = 0) -> None:
+        self.generator = generator
+        self.train_crop = int(train_crop)
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        corners = crop_corners(len(images), images.shape[2], self.train_crop, rng)
+        if corners is not None:
+            side = self.train_crop
+            images = np.stack([img[y : y + side, x : x + side] for img, (y, x) in zip(images, corners, strict=True)])
+        aug, masks, _ = self.generator.augment(images, rng)
+        return {
+            "images": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
+            "augmented": np.ascontiguousarray(aug.transpose(0, 3, 1, 2)),
+            "masks": masks,
+        }
+
+
 class _DraemScorer(nn.Module):
     def __init__(self, model: Draem) -> None:
         super().__init__()
@@ -302,4 +366,4 @@ class _DraemScorer(nn.Module):
         return mean_pool_max(maps, self.pool), maps
 
 
-__all__ = ["Draem", "DraemConfig", "DraemNets"]
+__all__ = ["Draem", "DraemConfig", "DraemNets", "DraemSynth"]

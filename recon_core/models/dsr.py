@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recon_core.defect_bank import LabelledDefectsMixin
 from recon_core.errors import CheckpointError, ConfigError
 from recon_core.models.autoencoder import gaussian_blur
 from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Prediction, TrainingStage
@@ -183,6 +184,10 @@ class EmaQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z (B, D, H, W) -> (quantized with straight-through gradient, indices (B, H, W), commitment loss)."""
+        with torch.autocast(z.device.type, enabled=False):  # distances and EMA in float32 under mixed precision
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, d, h, w = z.shape
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, d)
         if self.training and self.update and not bool(self.initialised):
@@ -309,16 +314,23 @@ def vq_from_config(cfg: DsrConfig) -> VQVAE2:
                   cfg.codebook_decay, cfg.dead_code_threshold)  # fmt: skip
 
 
-def vq_step(vq: VQVAE2, optimizer: torch.optim.Optimizer, x: torch.Tensor, commitment: float) -> dict[str, float]:
-    """One VQ-VAE training step (shared by the "vq" stage and `pretrain-vq`)."""
+def vq_step(
+    vq: VQVAE2, optimizer: torch.optim.Optimizer, x: torch.Tensor, commitment: float, scaler: Any = None
+) -> dict[str, float]:
+    """One VQ-VAE training step (shared by the "vq" stage and `pretrain-vq`); `scaler`: fp16 gradient scaling."""
     vq.train()
     vq.set_codebook_updates(True)
     recon, codes = vq(x)
     mse = F.mse_loss(recon, x)
     loss = mse + commitment * codes["commit"]
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     vq.set_codebook_updates(False)
     return {
         "total": _num(loss),
@@ -385,13 +397,14 @@ def load_vq_file(path: str | Path) -> dict[str, Any]:
     return blob
 
 
-class Dsr(AnomalyModel):
+class Dsr(LabelledDefectsMixin, AnomalyModel):
     name: ClassVar[str] = "dsr"
     config_class: ClassVar[type[ModelConfig]] = DsrConfig
     description: ClassVar[str] = (
         "DSR: quantized-feature anomalies + subspace restriction, with a VQ-VAE trained by the project. "
         "Strong on textured surfaces; three training stages in one budget."
     )
+    supports_grad_scaling: ClassVar[bool] = True
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # 2-core CPU, ~15 min including the per-product VQ stage (measurements in notes/dsr.md)
         "cpu": {
@@ -496,7 +509,8 @@ class Dsr(AnomalyModel):
 
         c: DsrConfig = self.config  # type: ignore[assignment]
         self.synth_config = synth_config if synth_config is not None else SynthConfig()
-        self._generator = DefectGenerator(self.synth_config, c.image_size, goods=train_images)
+        # with labelled defects, some image-space defects are transplanted real ones (synth.real_defect_share)
+        self._generator = DefectGenerator(self.synth_config, c.image_size, goods=train_images, bank=self.defect_bank)
         self._train_images = np.ascontiguousarray(train_images, dtype=np.float32) if train_images is not None else None
         self._torch_gen = torch.Generator(device=self.device)
         self._torch_gen.manual_seed(int(seed))
@@ -519,61 +533,62 @@ class Dsr(AnomalyModel):
             raise ConfigError("dsr: call setup_training before stages()")
         c: DsrConfig = self.config  # type: ignore[assignment]
         out = []
+        # each stage's synthesis runs ahead in train.fit's data workers (DsrSynth)
+        vq_synth = DsrSynth(self._generator, "vq", c) if c.vq_defect_share > 0 else None
         if c.vq_weight > 0:
-            out.append(TrainingStage("vq", c.vq_weight, self._vq_step, [self._optimizers["vq"]], lr_drops=(0.8,)))
-        out.append(TrainingStage("dsr", c.dsr_weight, self._dsr_step, [self._optimizers["dsr"]]))
+            vq_opts = [self._optimizers["vq"]]
+            out.append(TrainingStage("vq", c.vq_weight, self._vq_step, vq_opts, lr_drops=(0.8,), synth=vq_synth))
+        dsr_synth = DsrSynth(self._generator, "dsr", c)
+        out.append(TrainingStage("dsr", c.dsr_weight, self._dsr_step, [self._optimizers["dsr"]], synth=dsr_synth))
         if c.upsampling_weight > 0:
-            out.append(
-                TrainingStage(
-                    "upsampling", c.upsampling_weight, self._upsampling_step, [self._optimizers["upsampling"]]
-                )
-            )
+            up_opts, up_synth = [self._optimizers["upsampling"]], DsrSynth(self._generator, "upsampling", c)
+            out.append(TrainingStage("upsampling", c.upsampling_weight, self._upsampling_step, up_opts, synth=up_synth))
         return out
 
-    def _vq_step(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+    def _vq_step(self, batch: dict[str, torch.Tensor] | torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+        """VQ-VAE update(s) on a batch from train.fit ({"images", "augmented"} made by DsrSynth, or the image tensor
+        when vq_defect_share is 0); extra updates per iteration sample and synthesise here."""
         losses: dict[str, float] = {}
+        images = batch["augmented"] if isinstance(batch, dict) else batch
         for i in range(self.config.vq_updates_per_iteration):
             if i and self._train_images is not None:  # a fresh batch, sampled like train.fit does
                 pick = rng.integers(0, len(self._train_images), len(images))
-                images = torch.from_numpy(self._train_images[pick]).permute(0, 3, 1, 2).to(self.device)
-            losses = self._one_vq_update(images, rng)
+                images = self._vq_inputs(self._train_images[pick], rng)
+            losses = self._one_vq_update(images)
         self.steps["vq"] += 1
         return losses
 
-    def _one_vq_update(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+    def _vq_inputs(self, clean: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """(B, H, W, 3) clean images -> the VQ stage's input on the device, with DsrSynth's defects."""
+        if self.config.vq_defect_share > 0:
+            clean = DsrSynth(self._generator, "vq", self.config)(clean, rng)["augmented"].transpose(0, 2, 3, 1)
+        return torch.from_numpy(np.ascontiguousarray(clean)).permute(0, 3, 1, 2).to(self.device)
+
+    def _one_vq_update(self, images: torch.Tensor) -> dict[str, float]:
         self.vq_source = {"kind": "per_product"} if self.vq_source.get("kind") == "untrained" else self.vq_source
         if self.vq_source.get("kind") == "pretrained":
             self.vq_source = {**self.vq_source, "kind": "pretrained_finetuned"}
-        if self.config.vq_defect_share > 0:
-            # The general decoder must reproduce whatever is in the image, defects included, or the detector sees
-            # two equally "normal" reconstructions. A VQ-VAE fitted to a few good images alone cannot: it has no
-            # codes for unseen colours/textures. Image-space synthetic defects (the textures of synth) in part of
-            # each batch give it those codes.
-            batch = images.detach().permute(0, 2, 3, 1).cpu().numpy()
-            n = max(1, round(self.config.vq_defect_share * len(batch)))
-            augmented, _, _ = self._generator.augment(batch[:n], rng, force_defect=True)
-            batch[:n] = augmented
-            images = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device)
-        return vq_step(self.vq, self._optimizers["vq"], images, self.config.commitment)
+        return vq_step(self.vq, self._optimizers["vq"], images, self.config.commitment, self.grad_scaler)
 
     def _feature_anomalies(
-        self, x: torch.Tensor, rng: np.random.Generator
+        self, x: torch.Tensor, plan: dict[str, torch.Tensor] | np.random.Generator
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean codes, anomalous codes (top then bottom, so top anomalies also shape the bottom codes), and the
-        full-resolution mask of what changed."""
+        full-resolution mask of what changed; `plan` is DsrSynth's "dsr" draw (masks, which levels, strength), or an
+        rng to draw it here."""
         c: DsrConfig = self.config  # type: ignore[assignment]
-        b, size = x.shape[0], c.image_size
-        side_b = size // 4
+        size = c.image_size
+        if isinstance(plan, np.random.Generator):
+            plan = self._prepare(x, "dsr", plan)
         clean = self.vq.encode(x)
-        masks_b = torch.from_numpy(self._generator.perlin_masks(b, rng, size=side_b)).to(self.device)
-        anomalous = torch.from_numpy(rng.random(b) < c.anomaly_probability).to(self.device).float()
-        level = rng.integers(0, 3, size=b)  # 0: top only, 1: bottom only, 2: both (as the reference code)
-        use_t = torch.from_numpy((level != 1).astype(np.float32)).to(self.device) * anomalous
-        use_b = torch.from_numpy((level != 0).astype(np.float32)).to(self.device) * anomalous
+        masks_b, level = plan["masks_b"].to(self.device), plan["level"].to(self.device)
+        anomalous = plan["anomalous"].to(self.device)
+        use_t = (level != 1).float() * anomalous  # level 0: top only, 1: bottom only, 2: both (reference code)
+        use_b = (level != 0).float() * anomalous
         masks_t = F.max_pool2d(masks_b[:, None], 2)[:, 0]
         mask_t = masks_t * use_t[:, None, None]
         mask_b = masks_b * use_b[:, None, None]
-        strength = torch.from_numpy(rng.uniform(c.strength_min, c.strength_max, size=b)).float()
+        strength = plan["strength"].cpu()
         q_t = replace_codes(clean["q_t"], self.vq.vq_t.embedding, mask_t, strength, self._torch_gen)
         q_b, _, _ = self.vq.bottom(clean["enc_b"], q_t)
         q_b = replace_codes(q_b, self.vq.vq_b.embedding, mask_b, strength, self._torch_gen)
@@ -591,14 +606,16 @@ class Dsr(AnomalyModel):
         rq_b, _, _ = self.vq.vq_b(r_b)
         return r_b, r_t, rq_b, rq_t
 
-    def _dsr_step(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+    def _dsr_step(self, batch: dict[str, torch.Tensor] | torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
         c: DsrConfig = self.config  # type: ignore[assignment]
+        batch = batch if isinstance(batch, dict) else self._prepare(batch, "dsr", rng)
+        images = batch["images"]
         self.vq.eval()
         self.vq.set_codebook_updates(False)
         for net in (self.subspace_b, self.subspace_t, self.object_decoder, self.detector):
             net.train()
         with torch.no_grad():
-            clean, q_b, q_t, mask = self._feature_anomalies(images, rng)
+            clean, q_b, q_t, mask = self._feature_anomalies(images, batch)
             recon_general = self.vq.decode(q_b, q_t)
         r_b, r_t, rq_b, rq_t = self._restore(q_b, q_t)
         recon_object = self.object_decoder(rq_b, rq_t)
@@ -607,19 +624,45 @@ class Dsr(AnomalyModel):
         logits = self._detector_logits(recon_object.detach(), recon_general)
         focal = focal_loss(logits, mask, c.focal_gamma)
         loss = feat + c.image_loss_weight * image + focal
-        opt = self._optimizers["dsr"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        real = self._real_focal(images, rng)
+        if real is not None:
+            loss = loss + real
+        self.optimizer_step(loss, self._optimizers["dsr"])
         self.steps["dsr"] += 1
         return {"total": _num(loss), "features": _num(feat), "image": _num(image), "focal": _num(focal)}
 
-    def _upsampling_step(self, images: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+    def _real_focal(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor | None:
+        """With labelled defects: the detector also sees real defects, through the inference path (general vs
+        object reconstruction), on synth.real_image_share of a batch (at least one sample): half the labelled
+        images themselves, half their regions transplanted onto this batch's goods. Focal loss only: there is
+        no clean image to restore them to."""
+        share = getattr(self.synth_config, "real_image_share", 0.0)
+        if self.defect_bank is None or share <= 0:
+            return None
+        n = max(1, round(share * len(images)))
+        real, real_masks = self.defect_bank.real_positives(n, rng)
+        goods = images[:n].detach().permute(0, 2, 3, 1).cpu().numpy()
+        for i in range(len(goods)):
+            fg = self._generator.foreground
+            allowed = fg.mask(goods[i]) if fg.enabled else None
+            pasted = self.defect_bank.paste(goods[i], rng, allowed) if rng.random() < 0.5 else None
+            if pasted is not None:
+                real[i], real_masks[i] = pasted
+        x = torch.from_numpy(real).permute(0, 3, 1, 2).to(self.device)
+        with torch.no_grad():
+            codes = self.vq.encode(x)
+            recon_general = self.vq.decode(codes["q_b"], codes["q_t"])
+            _, _, rq_b, rq_t = self._restore(codes["q_b"], codes["q_t"])
+            recon_object = self.object_decoder(rq_b, rq_t)  # detached, as in the synthetic-anomaly loss
+        logits = self._detector_logits(recon_object, recon_general)
+        return focal_loss(logits, torch.from_numpy(real_masks).to(self.device), self.config.focal_gamma)
+
+    def _upsampling_step(
+        self, batch: dict[str, torch.Tensor] | torch.Tensor, rng: np.random.Generator
+    ) -> dict[str, float]:
         c: DsrConfig = self.config  # type: ignore[assignment]
-        batch = images.detach().permute(0, 2, 3, 1).cpu().numpy()
-        augmented, masks, _ = self._generator.augment(batch, rng)
-        x = torch.from_numpy(augmented).permute(0, 3, 1, 2).to(self.device)
-        mask = torch.from_numpy(masks).to(self.device)
+        batch = batch if isinstance(batch, dict) else self._prepare(batch, "upsampling", rng)
+        x, mask = batch["augmented"], batch["masks"]
         for net in (self.vq, self.subspace_b, self.subspace_t, self.object_decoder, self.detector):
             net.eval()
         self.vq.set_codebook_updates(False)
@@ -628,12 +671,14 @@ class Dsr(AnomalyModel):
             recon_object, det_softmax = self._detect(x)
         logits = self.upsampler(torch.cat([x, recon_object, det_softmax], dim=1))
         focal = focal_loss(logits, mask, c.focal_gamma)
-        opt = self._optimizers["upsampling"]
-        opt.zero_grad(set_to_none=True)
-        focal.backward()
-        opt.step()
+        self.optimizer_step(focal, self._optimizers["upsampling"])
         self.steps["upsampling"] += 1
         return {"total": _num(focal), "focal": _num(focal)}
+
+    def _prepare(self, images: torch.Tensor, stage: str, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """A stage's batch made here, as train.fit's data workers make it, for a step given a bare image tensor."""
+        made = DsrSynth(self._generator, stage, self.config)(images.detach().permute(0, 2, 3, 1).cpu().numpy(), rng)
+        return {"images": images, **{k: torch.from_numpy(v).to(self.device) for k, v in made.items()}}
 
     # ---- inference ------------------------------------------------------------------------------------------
     def _detect(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -707,6 +752,38 @@ class Dsr(AnomalyModel):
         return vq_stats(self.vq, images, self.config.image_size, self.device, batch_size)
 
 
+class DsrSynth:
+    """DSR's per-stage batch synthesis, run ahead by train.fit's data workers (picklable: generator + numbers).
+
+    "vq": image-space synthetic defects in the first vq_defect_share of the batch. The general decoder must reproduce
+    whatever is in the image, defects included, or the detector sees two equally "normal" reconstructions; a VQ-VAE
+    fitted to a few good images alone has no codes for unseen colours/textures, and these defects give it those.
+    "dsr": the feature-space anomaly draw (Perlin masks at 1/4 resolution, which samples and levels, strength).
+    "upsampling": image-space defects and their masks (DRAEM's recipe)."""
+
+    def __init__(self, generator: Any, stage: str, config: Any) -> None:
+        self.generator, self.stage = generator, stage
+        self.share, self.size = float(config.vq_defect_share), int(config.image_size)
+        self.p = float(config.anomaly_probability)
+        self.strength = (float(config.strength_min), float(config.strength_max))
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        b = len(images)
+        if self.stage == "vq":
+            out, n = images.copy(), max(1, round(self.share * b))
+            out[:n] = self.generator.augment(images[:n], rng, force_defect=True)[0]
+            return {"augmented": out.transpose(0, 3, 1, 2)}
+        if self.stage == "dsr":
+            return {
+                "masks_b": self.generator.perlin_masks(b, rng, size=self.size // 4),
+                "anomalous": (rng.random(b) < self.p).astype(np.float32),
+                "level": rng.integers(0, 3, size=b),
+                "strength": rng.uniform(*self.strength, size=b).astype(np.float32),
+            }
+        augmented, masks, _ = self.generator.augment(images, rng)
+        return {"augmented": augmented.transpose(0, 3, 1, 2), "masks": masks}
+
+
 class _DsrScorer(nn.Module):
     """The scoring path as one module (ONNX export): image (B, 3, S, S) in [0, 1] -> (scores (B,), maps)."""
 
@@ -743,6 +820,7 @@ __all__ = [
     "VQVAE2",
     "Dsr",
     "DsrConfig",
+    "DsrSynth",
     "EmaQuantizer",
     "bundled_vq_path",
     "load_vq_file",
