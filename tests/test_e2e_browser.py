@@ -252,7 +252,10 @@ def test_designer_slider_changes_the_preview(ui: Any, app: dict[str, Any]) -> No
     go(ui, app, "/designer", "Defect designer")
     caption = "Synthetic defects (outlined in magenta)"
     ui.locator('[data-testid="stImage"]').filter(has_text=caption).locator("img").wait_for()
+    idle(ui)  # the page can rerun once after its first render (a new preview, the old one dropped)
     before = image_src(ui, caption)
+    # fetch the pixels now: Streamlit drops a replaced image's media file soon after the rerun ("File not found")
+    before_png = ui.request.get(app["url"] + before if before.startswith("/") else before).body()
     before_abs = ui.locator('[data-testid="stImage"]').filter(has_text=caption).locator("img").evaluate("i => i.src")
     thumb = ui.locator('[data-testid="stSlider"]').filter(has_text="Mask threshold").get_by_role("slider")
     shown_value = ui.locator('[data-testid="stSlider"]').filter(has_text="Mask threshold")
@@ -270,8 +273,8 @@ def test_designer_slider_changes_the_preview(ui: Any, app: dict[str, Any]) -> No
     assert float(shown_value.inner_text()) > float(value)
     after = image_src(ui, caption)
     assert after != before
-    got = [ui.request.get(app["url"] + s if s.startswith("/") else s).body() for s in (before, after)]
-    assert got[0] != got[1]  # really different pixels, not only a new URL
+    after_png = ui.request.get(app["url"] + after if after.startswith("/") else after).body()
+    assert before_png != after_png and b"File not found" not in before_png + after_png  # new pixels, not a new URL
     ui.get_by_role("button", name="Save design to project").click()
     ui.get_by_text("Saved to").wait_for()
     no_errors(ui)
