@@ -248,14 +248,24 @@ def test_create_project_and_upload_goods(ui: Any, app: dict[str, Any]) -> None:
     no_errors(ui)
 
 
+def preview_pixels(ui: Any, app: dict[str, Any], caption: str) -> tuple[str, bytes]:
+    """(src, PNG bytes) of the image with `caption`, read again if a rerun replaced (and dropped) it meanwhile."""
+    for _ in range(5):
+        src = image_src(ui, caption)
+        body = ui.request.get(app["url"] + src if src.startswith("/") else src).body()
+        if b"File not found" not in body:
+            return src, body
+        idle(ui)
+    raise AssertionError(f"the preview image {src} stayed unavailable")
+
+
 def test_designer_slider_changes_the_preview(ui: Any, app: dict[str, Any]) -> None:
     go(ui, app, "/designer", "Defect designer")
     caption = "Synthetic defects (outlined in magenta)"
     ui.locator('[data-testid="stImage"]').filter(has_text=caption).locator("img").wait_for()
     idle(ui)  # the page can rerun once after its first render (a new preview, the old one dropped)
-    before = image_src(ui, caption)
-    # fetch the pixels now: Streamlit drops a replaced image's media file soon after the rerun ("File not found")
-    before_png = ui.request.get(app["url"] + before if before.startswith("/") else before).body()
+    # fetch the pixels now: Streamlit drops a replaced image's media file soon after a rerun ("File not found")
+    before, before_png = preview_pixels(ui, app, caption)
     before_abs = ui.locator('[data-testid="stImage"]').filter(has_text=caption).locator("img").evaluate("i => i.src")
     thumb = ui.locator('[data-testid="stSlider"]').filter(has_text="Mask threshold").get_by_role("slider")
     shown_value = ui.locator('[data-testid="stSlider"]').filter(has_text="Mask threshold")
@@ -271,9 +281,8 @@ def test_designer_slider_changes_the_preview(ui: Any, app: dict[str, Any]) -> No
     )
     idle(ui)
     assert float(shown_value.inner_text()) > float(value)
-    after = image_src(ui, caption)
+    after, after_png = preview_pixels(ui, app, caption)
     assert after != before
-    after_png = ui.request.get(app["url"] + after if after.startswith("/") else after).body()
     assert before_png != after_png and b"File not found" not in before_png + after_png  # new pixels, not a new URL
     ui.get_by_role("button", name="Save design to project").click()
     ui.get_by_text("Saved to").wait_for()
