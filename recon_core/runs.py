@@ -150,7 +150,6 @@ def _take_labelled(
 ) -> tuple[Any, np.ndarray, np.ndarray | None, list[str]]:
     """Remove `count` seeded defect images (or the named `files`) from the test set -> (remaining test, images,
     masks, paths)."""
-    from recon_core.images import TestSet
 
     if test is None:
         raise DataError("labelled_defects: the data has no test split with defect images to take them from")
@@ -162,15 +161,9 @@ def _take_labelled(
             raise DataError(f"labelled_defects: asked for {count} defect images, the test split has {len(defect_idx)}")
         chosen = np.sort(np.random.default_rng(seed).choice(defect_idx, size=count, replace=False))
     keep = np.setdiff1d(np.arange(len(test)), chosen)
-    rest = TestSet(
-        images=test.images[keep],
-        labels=np.asarray(test.labels)[keep],
-        masks=test.masks[keep],
-        has_masks=test.has_masks,
-        paths=[test.paths[i] for i in keep],
-        defect_types=[test.defect_types[i] for i in keep],
-        problems=list(test.problems),
-    )
+    from recon_core.leakage import subset
+
+    rest = subset(test, keep)
     masks = test.masks[chosen] if test.has_masks else None
     return rest, test.images[chosen], masks, [test.paths[i] for i in chosen]
 
