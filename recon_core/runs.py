@@ -430,3 +430,41 @@ def execute_run(
     finally:
         logging.getLogger("recon_core").removeHandler(handler)
         handler.close()
+
+
+def validate_spec(spec_dict: dict[str, Any], *, device_here: bool = True) -> RunSpec:
+    """Refuse at submit what would fail at once where the job runs: unknown settings, a bad model config or budget,
+    and (`device_here`: the job runs on this machine) a batch or image size the requested device cannot hold.
+    A cluster job's device is chosen and checked on the node that runs it."""
+    from recon_core.models import get_model_class
+
+    spec = from_dict(RunSpec, spec_dict, where="run spec")
+    if spec.model == "auto":  # a strategy over several models, checked by its own module
+        from recon_core.auto import candidate_configs, validate_auto_spec
+
+        validate_auto_spec(spec)
+        candidates = [
+            (dataclasses.replace(spec, model=name), config) for name, config in candidate_configs(spec).items()
+        ]
+    else:
+        cls = get_model_class(spec.model)
+        preset = spec.preset or cls.default_preset
+        config = cls.config_from_preset(preset, **spec.model_overrides)
+        budget_for(spec, cls, preset)
+        candidates = [(spec, config)]
+    if device_here:
+        for candidate, config in candidates:
+            _check_memory_here(candidate, config)
+    return spec
+
+
+def _check_memory_here(spec: RunSpec, config: Any) -> None:
+    """Refuse a batch / image size that cannot fit on the requested device, when that device is on this machine."""
+    from recon_core.device import resolve_device
+    from recon_core.memory import check_fits
+
+    try:
+        device = resolve_device(spec.device)
+    except ConfigError:
+        return  # not on this machine: the worker checks it where it runs
+    check_fits(spec.model, config, device)

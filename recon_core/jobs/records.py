@@ -1,16 +1,21 @@
-"""Background training jobs that survive closed tabs, app restarts and crashes (design: notes/jobs.md).
+"""Job records: the durable job table in `<workspace>/jobs.sqlite` (design: notes/jobs.md).
 
-State lives in one SQLite file, `<workspace>/jobs.sqlite` (WAL mode, busy_timeout), so any process (the Streamlit
-app, the CLI, a worker) can read and change it and nothing is lost when one of them dies:
+One of three parts of the job system, each with one job:
 
-    jobs      one row per job: state, the RunSpec as JSON, worker pid + heartbeat, latest progress, error, result
+    records   (this module)  the job table: states, run specs, progress rows and log lines. Reading never starts
+                              anything; every method is safe from several processes at once (app, CLI, workers).
+    launchers (local.py, cluster.py)  how a job is started, watched and cancelled: a local worker process, or a
+                              task on a Ray cluster
+    worker    (worker.py)    runs one job (`runs.execute_run`) and reports to its records through a channel
+
+`store.JobStore` puts them together for the app and the CLI.
+
+State lives in one SQLite file (WAL mode, busy_timeout), so nothing is lost when a process dies:
+
+    jobs      one row per job: state, the RunSpec as JSON, where it runs (launcher, pid/host or cluster node),
+              heartbeat, latest progress, error, result
     progress  throttled progress rows (<= 2/s per job): iteration, losses, images/s, ETA
-    logs      log lines written by the worker (its raw stdout/stderr also go to <run_dir>/worker.log)
-
-Each running job has ONE worker process (`python -m recon_core jobs worker --job ID`, its own session, so it
-outlives the page or app that started it). A worker calls `recon_core.runs.execute_run` in the job's run folder
-`<workspace>/<project>/runs/<job_id>/`; when it ends it starts the next queued job. Scheduling is a claim inside
-`BEGIN IMMEDIATE` (one writer at a time), FIFO per device, at most `per_device_limit` running per device.
+    logs      log lines written by the worker (or copied from the cluster)
 
 States::
 
@@ -19,50 +24,33 @@ States::
     failed | cancelled | interrupted -> queued  (resume: continues from the last checkpoint)
     running -> queued                           (a background job, e.g. the demo, pausing for a user's job)
 
-Priorities: `submit(..., priority="background")` jobs are claimed after normal ones and, while running, are asked to
-pause when a normal job waits for their device (stop at a checkpoint, back to the queue, resume later). A queued
-job's `waiting_for` says what it waits for; `Job.progress_text()` is the one progress line for the CLI and the app.
-A damaged jobs.sqlite is moved aside on open and the job list rebuilt from the run folders (`repair`).
-
-`interrupted` = the worker vanished without reporting (SIGKILL, crash, machine restart, app restart that killed it);
-`reconcile()` finds those from the pid (guarded against pid reuse by the process create time) and the heartbeat.
-
-Usage (the app)::
-
-    store = JobStore(workspace)            # reconciles stale rows on open
-    job_id = store.submit(spec, project="bottle")
-    job = store.get(job_id)                # Job: state, iteration/total, losses, eta_s, error, run_dir, ...
-    rows = store.progress_rows(job_id)     # for a loss chart; pass since_id to poll incrementally
-    store.cancel(job_id); store.resume(job_id); store.delete(job_id)
+Priorities: `priority="background"` jobs are claimed after normal ones and, while running, are asked to pause when a
+normal job waits for their device. A queued job's `waiting_for` says what it waits for; `Job.progress_text()` is
+the one progress line for the CLI and the app. A damaged jobs.sqlite is moved aside on open and the job list rebuilt
+from the run folders (`repair`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import psutil
+from recon_core.errors import ConfigError, ReconError
 
-from recon_core.errors import ConfigError, ReconError, TrainingCancelled
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +60,7 @@ TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 RESUMABLE_STATES = ("failed", "cancelled", "interrupted")
 
 DB_NAME = "jobs.sqlite"
-SCHEMA_VERSION = 2  # 2: priority + yield_requested (background jobs yield to the user's)
+SCHEMA_VERSION = 3  # 2: priority + yield_requested (background jobs yield to the user's); 3: launcher (local/cluster)
 PRIORITIES = {"normal": 0, "background": 1}  # lower runs first; a background job yields its device to a normal one
 BUSY_TIMEOUT_MS = 30_000
 HEARTBEAT_S = 2.0  # worker -> DB heartbeat period
@@ -84,9 +72,10 @@ LAUNCH_GRACE_S = 60.0  # a claimed job whose worker never reported its pid withi
 LOG_FILE = "worker.log"
 CHECKPOINT_FILE = "checkpoint.pt"  # execute_run's checkpoint inside run_dir (contract)
 DEFAULT_PROJECT = "default"
-_RUNNER_ENV = "RECON_JOBS_RUNNER"  # "module:function" replacing execute_run (development / tests of other layers)
-_FAULT_DISK_FULL_ENV = "RECON_FAULT_DISK_FULL"  # "1": checkpoint writes raise ENOSPC in the worker (tests)
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LOCAL = "local"  # the launcher of jobs that run as worker processes on this machine
+CLUSTER_SLOT = "cluster"  # device_slot of cluster jobs: the cluster schedules them, not the local queue
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -118,7 +107,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     elapsed_s REAL,
     eta_s REAL,
     priority INTEGER NOT NULL DEFAULT 0,
-    yield_requested INTEGER NOT NULL DEFAULT 0
+    yield_requested INTEGER NOT NULL DEFAULT 0,
+    launcher TEXT NOT NULL DEFAULT 'local'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, device_slot, queue_seq);
 CREATE TABLE IF NOT EXISTS progress (
@@ -151,16 +141,18 @@ _MIGRATIONS = {  # from schema version N to N + 1
         "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN yield_requested INTEGER NOT NULL DEFAULT 0",
     ),
+    2: ("ALTER TABLE jobs ADD COLUMN launcher TEXT NOT NULL DEFAULT 'local'",),
 }
 
 # Popen handles of workers this process started: polled so that finished children are reaped (no zombies in a
 # long-running app process).
-_CHILDREN: list[subprocess.Popen] = []
-_CHILDREN_LOCK = threading.Lock()  # Streamlit may share one JobStore between session threads
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # data
+# ---------------------------------------------------------------------------------------------------------------
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -196,6 +188,7 @@ class Job:
     queue_position: int | None = None  # 1 = next to start on its device (queued jobs only)
     priority: int = 0  # PRIORITIES: 0 normal, 1 background (the demo run)
     waiting_for: str | None = None  # queued jobs: why it has not started (what holds its device)
+    launcher: str = LOCAL  # "local", or the address of the cluster it was sent to (ray://host:port, host:port)
 
     @property
     def budget_minutes(self) -> float | None:
@@ -265,6 +258,19 @@ class Job:
     def log_path(self) -> Path:
         return self.run_dir / LOG_FILE
 
+    @property
+    def on_cluster(self) -> bool:
+        return self.launcher != LOCAL
+
+    @property
+    def where(self) -> str:
+        """Where the job runs, for a person: 'local (cpu, pid 123 on host)' or 'cluster node 10.0.0.5 (ray://...)'."""
+        if not self.on_cluster:
+            worker = f", pid {self.pid} on {self.host}" if self.pid and self.state == "running" else ""
+            return f"local ({self.device_slot}{worker})"
+        node = f"node {self.host}" if self.host else "not placed yet"
+        return f"cluster {node} ({self.launcher})"
+
 
 def format_duration(seconds: float | None) -> str:
     """m:ss, or h:mm:ss from an hour; '—' when unknown."""
@@ -277,8 +283,7 @@ def format_duration(seconds: float | None) -> str:
 
 
 class JobQueue(Protocol):
-    """What the app and CLI need from a job backend. `JobStore` (SQLite + local worker processes) is the only one
-    today; a multi-machine backend (workers on other hosts claiming from a shared queue) would implement this."""
+    """What the app and CLI need from the job system (`store.JobStore`, whichever launcher runs a job)."""
 
     def submit(self, spec: Any, project: str | None = None, priority: str = "normal") -> str: ...
     def list_jobs(self, project: str | None = None) -> list[Job]: ...
@@ -295,44 +300,14 @@ class JobQueue(Protocol):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
 def default_workspace() -> Path:
     """$RECON_WORKSPACE, else ./workspace."""
     return Path(os.environ.get("RECON_WORKSPACE") or "workspace")
-
-
-def device_slot(device: str | None) -> str:
-    """The concurrency key of a device setting (device.normalize_device: 'cpu', 'cpu:0', 'cpu:1' are one slot)."""
-    from recon_core.device import normalize_device  # imports torch: only when a job is submitted
-
-    return normalize_device(device)
-
-
-def _process_create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.Error, OSError):
-        return None
-
-
-def _process_alive(pid: int | None, create_time: float | None) -> bool:
-    """True if `pid` runs and is the same process that registered (not a reused pid, not a zombie)."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        # A different create time means the pid was reused by another process.
-        return create_time is None or abs(proc.create_time() - create_time) <= 1.0
-    except (psutil.Error, OSError):
-        return False
-
-
-def _reap_children() -> None:
-    with _CHILDREN_LOCK:
-        for proc in list(_CHILDREN):
-            if proc.poll() is not None:
-                _CHILDREN.remove(proc)
 
 
 def _json_or_none(text: str | None) -> Any:
@@ -367,74 +342,32 @@ def _spec_to_dict(spec: Any) -> dict[str, Any]:
     raise ConfigError(f"submit: expected a RunSpec, got {type(spec).__name__}")
 
 
-def _resolve_data(data: str) -> Path:
-    """An absolute data folder (a path, or an MVTec category name under the shared data, as execute_run accepts)."""
-    from recon_core.runs import resolve_data_path
-
-    return resolve_data_path(data).resolve()
-
-
-def _validate_spec(spec_dict: dict[str, Any]) -> None:
-    """Refuse at submit what would fail at once in the worker: unknown settings, a bad model config or budget.
-    (The device is checked by the worker: a multi-machine backend may run it where that device exists.)"""
-    from recon_core.config import from_dict
-    from recon_core.models import get_model_class
-    from recon_core.runs import RunSpec, budget_for
-
-    spec = from_dict(RunSpec, spec_dict, where="run spec")
-    if spec.model == "auto":  # a strategy over several models, checked by its own module
-        from recon_core.auto import candidate_configs, validate_auto_spec
-
-        validate_auto_spec(spec)
-        for name, config in candidate_configs(spec).items():
-            _check_memory(dataclasses.replace(spec, model=name), config)
-        return
-    cls = get_model_class(spec.model)
-    preset = spec.preset or cls.default_preset
-    config = cls.config_from_preset(preset, **spec.model_overrides)
-    budget_for(spec, cls, preset)
-    _check_memory(spec, config)
+def _storable(text: str | None) -> str | None:
+    """Text SQLite can store: a path with undecodable bytes (non-UTF-8 file name, kept by Python as surrogate
+    escapes) would make the write raise; those bytes are shown as U+FFFD instead."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _check_memory(spec: Any, config: Any) -> None:
-    """Refuse a batch / image size that cannot fit on the requested device, when that device is here."""
-    from recon_core.device import resolve_device
-    from recon_core.memory import check_fits
+class JobRecords:
+    """The job table in `<workspace>/jobs.sqlite`: what every process (app, CLI, worker) reads and changes.
 
-    try:
-        device = resolve_device(spec.device)
-    except ConfigError:
-        return  # not on this machine: the worker checks it where it runs
-    check_fits(spec.model, config, device)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the store
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class JobStore:
-    """Durable job queue in `<workspace>/jobs.sqlite` with one local worker process per running job.
-
-    Every method is safe to call from several processes at once (the app, the CLI, workers). Opening a store
-    reconciles rows whose worker died; pass `autostart=False` to queue without starting workers (tests, or a
-    backend where workers run elsewhere) and call `ensure_worker()` later.
+    Nothing here starts, watches or stops a process; `store.JobStore` adds the launchers. `_refresh()` is the hook
+    that reads call first (the store uses it to notice dead workers and copy cluster progress; it never starts jobs).
     """
 
-    def __init__(self, workspace: str | os.PathLike, *, per_device_limit: int | None = None, autostart: bool = True):
+    def __init__(self, workspace: str | os.PathLike):
         self.workspace = Path(workspace).expanduser().resolve()
         self.workspace.mkdir(parents=True, exist_ok=True)
         self.db_path = self.workspace / DB_NAME
-        self.autostart = autostart
         self._local = threading.local()
-        self._last_reconcile = 0.0
         self.repaired: str | None = None  # set when opening found the database damaged and rebuilt it
         self._init_schema()
-        if per_device_limit is not None:
-            self.set_per_device_limit(per_device_limit)
-        self.reconcile()
 
-    # ---- connection ---------------------------------------------------------------------------------------
+    def _refresh(self, job_id: str | None = None) -> None:
+        """Bring records up to date before a read (subclasses: dead workers, cluster progress)."""
+
     def _conn(self) -> sqlite3.Connection:
         """One connection per thread (sqlite3 connections must not cross threads); autocommit mode, explicit
         BEGIN IMMEDIATE for read-modify-write."""
@@ -630,6 +563,7 @@ class JobStore:
             elapsed_s=row["elapsed_s"],
             eta_s=row["eta_s"],
             priority=row["priority"],
+            launcher=row["launcher"],
         )
 
     def _queue_positions(self) -> dict[str, tuple[int, str]]:
@@ -647,6 +581,9 @@ class JobStore:
         out: dict[str, tuple[int, str]] = {}
         for row in rows:
             slot = row["device_slot"]
+            if slot == CLUSTER_SLOT:  # the cluster's scheduler holds it until a node has the resources
+                out[row["id"]] = (1, "sent to the cluster: waiting for a node with free resources")
+                continue
             counts[slot] = counts.get(slot, 0) + 1
             position = counts[slot]
             busy = running.get(slot, [])
@@ -672,8 +609,7 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         """The job's current state; ReconError if there is no such job. Notices dead workers (at most every 2 s), so
         a page that only polls `get` never shows a dead job as running."""
-        if time.monotonic() - self._last_reconcile > RECONCILE_EVERY_S:
-            self.reconcile()
+        self._refresh(job_id)
         row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             raise ReconError(f"no job {job_id!r} in {self.db_path}")
@@ -684,7 +620,7 @@ class JobStore:
 
     def list_jobs(self, project: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
         """Jobs, newest first (after reconciling dead workers). Filter by project and/or states."""
-        self.reconcile()
+        self._refresh()
         sql, params = "SELECT * FROM jobs", []
         where = []
         if project is not None:
@@ -743,18 +679,10 @@ class JobStore:
         return text
 
     # ---- submitting and changing jobs ---------------------------------------------------------------------
-    def submit(self, spec: Any, project: str | None = None, priority: str = "normal") -> str:
-        """Queue a training run (a recon_core.runs.RunSpec) and start it when its device is free; returns the job
-        id. Bad settings (unknown keys, model config, budget) and a missing data folder raise ReconError now; the
-        spec is stored with the data path made absolute so the worker finds it from any directory."""
-        project = _check_project(project)
-        spec_dict = _spec_to_dict(spec)
-        data = spec_dict.get("data")
-        if not data:
-            raise ConfigError("submit: the run spec has no data folder")
-        spec_dict["data"] = str(_resolve_data(data))
-        _validate_spec(spec_dict)
-        slot = device_slot(spec_dict.get("device"))
+
+    # ---- changing records (the store adds starting and stopping) -----------------------------------------------
+    def insert(self, spec_dict: dict[str, Any], project: str, slot: str, priority: str, launcher: str = LOCAL) -> str:
+        """A new `queued` job at the back of the queue; returns its id."""
         if priority not in PRIORITIES:
             raise ConfigError(f"submit: priority {priority!r} is not one of {list(PRIORITIES)}")
         now = time.time()
@@ -765,7 +693,7 @@ class JobStore:
                     seq = c.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs").fetchone()[0]
                     c.execute(
                         "INSERT INTO jobs(id, project, state, spec, device_slot, queue_seq, run_dir, created_at,"
-                        " queued_at, priority) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                        " queued_at, priority, launcher) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             job_id,
                             project,
@@ -776,6 +704,7 @@ class JobStore:
                             now,
                             now,
                             PRIORITIES[priority],
+                            launcher,
                         ),
                     )
                 break
@@ -783,16 +712,16 @@ class JobStore:
                 continue
         else:  # pragma: no cover - 5 collisions of 24 random bits in the same second
             raise ReconError("could not allocate a job id")
-        self._log(job_id, "INFO", f"queued on {slot}: {spec_dict.get('model')} on {spec_dict['data']}")
-        self._preempt_background(slot)
-        if self.autostart:
-            self.kick()
+        where = slot if launcher == LOCAL else f"the cluster at {launcher}"
+        self.log(job_id, "INFO", f"queued on {where}: {spec_dict.get('model')} on {spec_dict['data']}")
         return job_id
 
-    def _preempt_background(self, slot: str) -> None:
+    def preempt_background(self, slot: str) -> None:
         """A normal job waits on `slot` while a background job (the demo run) holds it: ask that job to pause. Its
         worker stops after the current iteration with a checkpoint and the job goes back to the queue (behind the
         user's jobs, resuming where it stopped) instead of ending `cancelled`."""
+        if slot == CLUSTER_SLOT:
+            return  # the cluster's scheduler decides
         with self._write() as c:
             waiting = c.execute(
                 "SELECT 1 FROM jobs WHERE state='queued' AND device_slot=? AND priority=0 LIMIT 1", (slot,)
@@ -808,12 +737,11 @@ class JobStore:
             if victim is None:
                 return
             c.execute("UPDATE jobs SET yield_requested=1, cancel_requested=1 WHERE id=?", (victim,))
-        self._log(victim, "INFO", f"pausing: a run of yours is waiting for {slot}; this job continues afterwards")
+        self.log(victim, "INFO", f"pausing: a run of yours is waiting for {slot}; this job continues afterwards")
 
-    def cancel(self, job_id: str) -> Job:
-        """Stop a job. Queued (or interrupted) jobs become `cancelled` at once; a running job is asked to stop and
-        becomes `cancelled` within a few seconds, after its worker has written a checkpoint (resume continues)."""
-        self._mark_dead()  # a dead worker's job is interrupted, and cancelling that is immediate
+    def request_cancel(self, job_id: str) -> str:
+        """Queued (or interrupted) jobs become `cancelled` at once; a running job is flagged to stop (its worker
+        ends it `cancelled` after writing a checkpoint). Returns the state the job was in."""
         with self._write() as c:
             row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
@@ -830,12 +758,12 @@ class JobStore:
                     f"job {job_id} has already {'ended' if state != 'cancelled' else 'been cancelled'}"
                     f" ({state}); nothing to cancel"
                 )
-        self._log(job_id, "INFO", "cancel requested" if state == "running" else f"cancelled ({state} before)")
-        return self.get(job_id)
+        self.log(job_id, "INFO", "cancel requested" if state == "running" else f"cancelled ({state} before)")
+        return state
 
-    def resume(self, job_id: str) -> Job:
-        """Queue an interrupted, cancelled or failed job again; it continues from its last checkpoint with the same
-        schedule (execute_run(resume=True)). It goes to the back of the queue."""
+    def queue_again(self, job_id: str) -> str:
+        """An interrupted, cancelled or failed job back to the end of the queue, to continue from its checkpoint.
+        Returns the state it was in."""
         with self._write() as c:
             row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
@@ -850,15 +778,11 @@ class JobStore:
                 " finished_at=NULL, pid=NULL, pid_create_time=NULL, host=NULL, queue_seq=?, queued_at=? WHERE id=?",
                 (seq, time.time(), job_id),
             )
-        self._log(job_id, "INFO", f"resume requested (was {row['state']})")
-        self._preempt_background(self.get(job_id).device_slot)
-        if self.autostart:
-            self.kick()
-        return self.get(job_id)
+        self.log(job_id, "INFO", f"resume requested (was {row['state']})")
+        return row["state"]
 
     def delete(self, job_id: str) -> None:
         """Forget a job and delete its run folder (checkpoints, model). Running jobs must be cancelled first."""
-        self._mark_dead()
         job = self.get(job_id)
         with self._write() as c:
             state = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()["state"]
@@ -871,90 +795,19 @@ class JobStore:
         if run_dir.parent.name == "runs" and self.workspace in run_dir.parents:
             shutil.rmtree(run_dir, ignore_errors=True)
 
-    # ---- keeping the queue honest and moving ----------------------------------------------------------------
-    def reconcile(self) -> list[str]:
-        """Mark `running` jobs whose worker is gone as `interrupted` (never `running` forever), then (autostart)
-        start queued jobs if a device is free. Returns the ids marked interrupted. Cheap; called on open and list."""
-        changed = self._mark_dead()
-        if self.autostart:
-            self.kick()
-        return changed
-
-    def _mark_dead(self) -> list[str]:
-        self._last_reconcile = time.monotonic()
-        _reap_children()
-        now = time.time()
-        here = socket.gethostname()
-        try:
-            boot = psutil.boot_time()
-        except (psutil.Error, OSError):  # pragma: no cover
-            boot = 0.0
-        changed = []
-        rows = self._conn().execute("SELECT * FROM jobs WHERE state='running'").fetchall()
-        for row in rows:
-            reason = self._why_dead(row, now, here, boot)
-            if reason is None:
-                continue
-            with self._write() as c:
-                # Re-check inside the lock: the worker may have finished meanwhile.
-                cur = c.execute(
-                    "UPDATE jobs SET state='interrupted', finished_at=?, error=? WHERE id=? AND state='running'"
-                    " AND pid IS ? AND heartbeat_at IS ?",
-                    (now, reason, row["id"], row["pid"], row["heartbeat_at"]),
-                )
-            if cur.rowcount:
-                changed.append(row["id"])
-                self._log(row["id"], "WARNING", reason)
-        return changed
-
-    def _why_dead(self, row: sqlite3.Row, now: float, here: str, boot: float) -> str | None:
-        beat = row["heartbeat_at"] or 0.0
-        if row["pid"] is None:
-            if now - beat > LAUNCH_GRACE_S:
-                return f"the worker process never started (no report within {LAUNCH_GRACE_S:.0f} s)"
-            return None
-        if row["host"] not in (None, here):  # another machine's worker: only its heartbeat tells
-            if now - beat > STALE_HEARTBEAT_S:
-                return f"the worker on {row['host']} stopped reporting (no heartbeat for {now - beat:.0f} s)"
-            return None
-        resume_hint = "; resume to continue from the last checkpoint"
-        if beat < boot:
-            return "the machine restarted while the job was running" + resume_hint
-        if not _process_alive(row["pid"], row["pid_create_time"]):
-            return f"the worker process (pid {row['pid']}) ended without reporting (killed or crashed)" + resume_hint
-        if now - beat > STALE_HEARTBEAT_S:
-            with contextlib.suppress(OSError):
-                os.kill(row["pid"], signal.SIGKILL)  # hung: make sure it cannot write any more
-            return f"the worker stopped responding (no heartbeat for {now - beat:.0f} s) and was stopped" + resume_hint
-        return None
-
-    def ensure_worker(self) -> list[str]:
-        """Reconcile, then start workers for queued jobs whose device is free. Call it on app start / page load:
-        after a restart, queued jobs then continue. Returns the ids started now."""
-        self._mark_dead()
-        return self.kick()
-
-    def kick(self) -> list[str]:
-        """Start a worker for each queued job that may run now (FIFO per device, within the limit)."""
-        started: list[str] = []
-        if self._conn().execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() is None:
-            return started  # the common case, without taking the write lock
-        while True:
-            job_id = self.claim_next()
-            if job_id is None:
-                return started
-            self._spawn_worker(job_id)
-            started.append(job_id)
-
     def claim_next(self, slots: tuple[str, ...] | None = None) -> str | None:
-        """Atomically move the oldest queued job whose device has a free slot to `running` (pid not yet known) and
-        return its id, or None. Race-free across processes: the whole check-and-set holds the write lock."""
+        """Atomically move the oldest queued local job whose device has a free slot to `running` (pid not yet
+        known) and return its id, or None. Race-free across processes: the whole check-and-set holds the write
+        lock. Cluster jobs are never claimed here: the cluster schedules them."""
         limit = self.per_device_limit()
         with self._write() as c:
             running: dict[str, int] = {}
             for row in c.execute("SELECT device_slot, COUNT(*) AS n FROM jobs WHERE state='running' GROUP BY 1"):
                 running[row["device_slot"]] = row["n"]
-            rows = c.execute("SELECT id, device_slot FROM jobs WHERE state='queued' ORDER BY priority, queue_seq")
+            rows = c.execute(
+                "SELECT id, device_slot FROM jobs WHERE state='queued' AND launcher=? ORDER BY priority, queue_seq",
+                (LOCAL,),
+            )
             for row in rows.fetchall():
                 slot = row["device_slot"]
                 if slots is not None and slot not in slots:
@@ -970,378 +823,193 @@ class JobStore:
                     return row["id"]
         return None
 
-    def _spawn_worker(self, job_id: str) -> None:
-        job = self.get(job_id)
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[1])  # so `-m recon_core` works from any cwd
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        cmd = [
-            sys.executable,
-            "-m",
-            "recon_core",
-            "jobs",
-            "worker",
-            "--workspace",
-            str(self.workspace),
-            "--job",
-            job_id,
-        ]
-        try:
-            with open(job.log_path, "ab") as out:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=str(self.workspace),
-                    env=env,
-                    start_new_session=True,  # survives the app/terminal that started it (and its Ctrl-C)
-                    close_fds=True,
-                )
-        except OSError as exc:
-            with self._write() as c:
-                c.execute(
-                    "UPDATE jobs SET state='failed', finished_at=?, error=? WHERE id=? AND state='running'",
-                    (time.time(), f"could not start the worker process: {exc}", job_id),
-                )
-            return
-        with _CHILDREN_LOCK:
-            _CHILDREN.append(proc)
+    def running_rows(self, launcher: str | None = None) -> list[sqlite3.Row]:
+        """Raw rows of running jobs (for the launchers' liveness checks)."""
+        rows = self._conn().execute("SELECT * FROM jobs WHERE state='running'").fetchall()
+        return [r for r in rows if launcher is None or (r["launcher"] == LOCAL) == (launcher == LOCAL)]
+
+    def active_jobs(self, cluster: bool) -> list[Job]:
+        """Queued and running jobs of the local launcher (cluster=False) or of any cluster (True), without a
+        refresh."""
+        rows = self._conn().execute("SELECT * FROM jobs WHERE state IN ('queued', 'running')").fetchall()
+        return [self._row_to_job(r) for r in rows if (r["launcher"] != LOCAL) == cluster]
+
+    def mark_interrupted(self, row: sqlite3.Row, reason: str) -> bool:
+        """`running` -> `interrupted` unless the row changed since it was read (the worker reported meanwhile)."""
+        with self._write() as c:
+            cur = c.execute(
+                "UPDATE jobs SET state='interrupted', finished_at=?, error=? WHERE id=? AND state='running'"
+                " AND pid IS ? AND heartbeat_at IS ?",
+                (time.time(), reason, row["id"], row["pid"], row["heartbeat_at"]),
+            )
+        if cur.rowcount:
+            self.log(row["id"], "WARNING", reason)
+        return bool(cur.rowcount)
+
+    # ---- what a running job reports (its worker through a channel, or the store for a cluster job) -------------
+    def attach(
+        self, job_id: str, pid: int | None, create_time: float | None, host: str, queued_ok: bool = False
+    ) -> int:
+        """The worker for `job_id` starts: record who runs it. Returns the attempt number, 0 when the job is not
+        waiting for this worker (cancelled, deleted, or taken by another). `queued_ok`: a cluster job starts
+        straight from `queued` (the cluster, not this table, scheduled it)."""
+        states = "('running', 'queued')" if queued_ok else "('running')"
+        now = time.time()
+        with self._write() as c:
+            cur = c.execute(
+                "UPDATE jobs SET state='running', pid=?, pid_create_time=?, host=?, heartbeat_at=?,"
+                " started_at=COALESCE(started_at, ?), attempts=attempts+1"
+                f" WHERE id=? AND state IN {states} AND (pid IS NULL OR pid=?)",
+                (pid, create_time, host, now, now, job_id, pid),
+            )
+            row = c.execute("SELECT attempts FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return row["attempts"] if cur.rowcount == 1 and row else 0
+
+    def owned_update(self, job_id: str, pid: int | None, sql: str, params: tuple) -> int:
+        """UPDATE jobs ... only while the job is running and owned by `pid` (reconcile may have taken it)."""
+        with self._write() as c:
+            return c.execute(sql + " WHERE id=? AND state='running' AND pid IS ?", (*params, job_id, pid)).rowcount
+
+    def flags(self, job_id: str) -> tuple[bool, bool]:
+        """(cancel requested, pause requested); (True, False) when the job is gone."""
+        row = self._conn().execute("SELECT cancel_requested, yield_requested FROM jobs WHERE id=?", (job_id,))
+        found = row.fetchone()
+        if found is None:
+            return True, False
+        return bool(found["cancel_requested"]), bool(found["yield_requested"])
+
+    def record_progress(self, job_id: str, pid: int | None, attempt: int, fields: dict[str, Any]) -> None:
+        """One progress row and the job's latest progress (fields: stage, iteration, total_iterations, losses
+        (dict), images_per_s, elapsed_s, eta_s, lr; t optional)."""
+        now = float(fields.get("t") or time.time())
+        values = (
+            fields.get("stage"),
+            fields.get("iteration"),
+            fields.get("total_iterations"),
+            json.dumps({k: float(v) for k, v in (fields.get("losses") or {}).items()}),
+            fields.get("images_per_s"),
+            fields.get("elapsed_s"),
+            fields.get("eta_s"),
+        )
         with self._write() as c:
             c.execute(
-                "UPDATE jobs SET pid=?, pid_create_time=?, host=? WHERE id=? AND state='running' AND pid IS NULL",
-                (proc.pid, _process_create_time(proc.pid), socket.gethostname(), job_id),
+                "INSERT INTO progress(job_id, attempt, t, stage, iteration, total_iterations, losses,"
+                " images_per_s, elapsed_s, eta_s, lr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, attempt, now, *values, fields.get("lr")),
             )
-
-    # ---- logging ------------------------------------------------------------------------------------------
-    def _log(self, job_id: str, level: str, message: str) -> None:
-        with contextlib.suppress(sqlite3.Error), self._write() as c:
             c.execute(
-                "INSERT INTO logs(job_id, t, level, message) VALUES (?, ?, ?, ?)",
-                (job_id, time.time(), level, _storable(message)),
+                "UPDATE jobs SET stage=?, iteration=?, total_iterations=?, losses=?, images_per_s=?, elapsed_s=?,"
+                " eta_s=?, heartbeat_at=? WHERE id=? AND state='running' AND pid IS ?",
+                (*values, time.time(), job_id, pid),
             )
 
+    def finish(self, job_id: str, pid: int | None, state: str, error: str | None, result: dict | None) -> bool:
+        """The running job ends in `state`; False when the row is no longer this worker's."""
+        n = self.owned_update(
+            job_id,
+            pid,
+            "UPDATE jobs SET state=?, finished_at=?, error=?, result=?, cancel_requested=0",
+            (state, time.time(), _storable(error), json.dumps(result) if result is not None else None),
+        )
+        return bool(n)
 
-# ---------------------------------------------------------------------------------------------------------------
-# the worker (runs in its own process: `python -m recon_core jobs worker --workspace WS --job ID`)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _storable(text: str | None) -> str | None:
-    """Text SQLite can store: a path with undecodable bytes (non-UTF-8 file name, kept by Python as surrogate
-    escapes) would make the write raise; those bytes are shown as U+FFFD instead."""
-    if text is None:
-        return None
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-class _DbLogHandler(logging.Handler):
-    """Send the worker's log records to the job's rows in SQLite (from any thread)."""
-
-    def __init__(self, store: JobStore, job_id: str):
-        super().__init__(level=logging.INFO)
-        self.store, self.job_id = store, job_id
-        self.setFormatter(logging.Formatter("%(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.store._log(self.job_id, record.levelname, self.format(record))
-        except Exception:  # pragma: no cover - logging must never break training
-            self.handleError(record)
-
-
-class _Worker:
-    def __init__(self, store: JobStore, job_id: str):
-        self.store, self.job_id = store, job_id
-        self.pid = os.getpid()
-        self.stop = threading.Event()  # set by cancel, SIGTERM/SIGINT, or losing ownership of the row
-        self.done = threading.Event()
-        self.attempt = 0
-        self._last_write = 0.0
-        self._pending: Any = None
-        self._last_stage: str | None = None
-
-    # -- ownership ------------------------------------------------------------------------------------------
-    def attach(self) -> bool:
-        with self.store._write() as c:
-            cur = c.execute(
-                "UPDATE jobs SET pid=?, pid_create_time=?, host=?, heartbeat_at=?,"
-                " started_at=COALESCE(started_at, ?), attempts=attempts+1"
-                " WHERE id=? AND state='running' AND (pid IS NULL OR pid=?)",
-                (
-                    self.pid,
-                    _process_create_time(self.pid),
-                    socket.gethostname(),
-                    time.time(),
-                    time.time(),
-                    self.job_id,
-                    self.pid,
-                ),
-            )
-            row = c.execute("SELECT attempts FROM jobs WHERE id=?", (self.job_id,)).fetchone()
-        self.attempt = row["attempts"] if row else 0
-        return cur.rowcount == 1
-
-    def _owned_update(self, sql: str, params: tuple) -> int:
-        """UPDATE jobs ... only while this process still owns the running row (reconcile may have taken it)."""
-        with self.store._write() as c:
-            return c.execute(
-                sql + " WHERE id=? AND state='running' AND pid=?", (*params, self.job_id, self.pid)
-            ).rowcount
-
-    def heartbeat_loop(self) -> None:
-        last_beat = 0.0
-        while not self.done.wait(CANCEL_POLL_S):
-            try:
-                now = time.time()
-                if now - last_beat >= HEARTBEAT_S:
-                    if self._owned_update("UPDATE jobs SET heartbeat_at=?", (now,)) == 0 and not self.done.is_set():
-                        log.warning("this worker no longer owns the job; stopping")
-                        self.stop.set()
-                    last_beat = now
-                row = (
-                    self.store._conn()
-                    .execute("SELECT cancel_requested FROM jobs WHERE id=?", (self.job_id,))
-                    .fetchone()
-                )
-                if row is None or row["cancel_requested"]:
-                    if not self.stop.is_set():
-                        log.info("cancel requested: stopping after the current iteration (checkpoint kept)")
-                    self.stop.set()
-            except sqlite3.Error as exc:  # a locked/busy DB must not kill the heartbeat
-                log.debug("heartbeat: %s", exc)
-
-    # -- progress -------------------------------------------------------------------------------------------
-    def progress(self, p: Any) -> None:
-        """execute_run's progress callback: throttled to <= 2 writes/s; stage changes and the last iteration are
-        always written."""
-        self._pending = p
-        now = time.monotonic()
-        stage_changed = getattr(p, "stage", None) != self._last_stage
-        final = p.total_iterations and p.iteration >= p.total_iterations
-        if stage_changed or final or now - self._last_write >= PROGRESS_MIN_INTERVAL_S:
-            self.flush_progress()
-
-    def flush_progress(self) -> None:
-        p, self._pending = self._pending, None
-        if p is None:
-            return
-        self._last_write = time.monotonic()
-        self._last_stage = p.stage
-        losses = json.dumps({k: float(v) for k, v in (p.losses or {}).items()})
-        now = time.time()
-        try:
-            fields = (p.stage, p.iteration, p.total_iterations, losses, p.images_per_s, p.elapsed_s, p.eta_s)
-            with self.store._write() as c:
-                c.execute(
-                    "INSERT INTO progress(job_id, attempt, t, stage, iteration, total_iterations, losses,"
-                    " images_per_s, elapsed_s, eta_s, lr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (self.job_id, self.attempt, now, *fields, p.lr),
-                )
-                c.execute(
-                    "UPDATE jobs SET stage=?, iteration=?, total_iterations=?, losses=?, images_per_s=?, elapsed_s=?,"
-                    " eta_s=?, heartbeat_at=? WHERE id=? AND state='running' AND pid=?",
-                    (*fields, now, self.job_id, self.pid),
-                )
-        except sqlite3.Error as exc:  # progress is best effort; the checkpoint is the truth
-            log.warning("could not record progress: %s", exc)
-
-    # -- the run --------------------------------------------------------------------------------------------
-    def finish(self, state: str, error: str | None = None, result: dict | None = None) -> None:
-        self.done.set()  # stop the heartbeat first: after the final write it would find the row no longer ours
-        self.flush_progress()
-        try:
-            n = self._owned_update(
-                "UPDATE jobs SET state=?, finished_at=?, error=?, result=?, cancel_requested=0",
-                (state, time.time(), _storable(error), json.dumps(result) if result is not None else None),
-            )
-        except sqlite3.DatabaseError as exc:  # the run folder holds the outcome; `jobs repair` rebuilds the record
-            print(
-                f"job {self.job_id}: {state}, but the job database could not record it ({exc}); the run folder "
-                "has the result. `python -m recon_core jobs repair` (or opening the app) rebuilds the job list.",
-                file=sys.stderr,
-                flush=True,
-            )
-            return
-        if n:
-            log.info("job %s: %s%s", self.job_id, state, f": {error}" if error else "")
-
-    def run(self) -> int:
-        try:
-            job = self.store.get(self.job_id)
-            run_dir = job.run_dir
-            run_dir.mkdir(parents=True, exist_ok=True)
-            resume = job.resume and (run_dir / CHECKPOINT_FILE).exists()
-            log.info(
-                "worker pid %d on %s: %s job %s (attempt %d)",
-                self.pid,
-                socket.gethostname(),
-                "resuming" if resume else "starting",
-                self.job_id,
-                self.attempt,
-            )
-            spec = _load_spec(job.spec)
-            runner = _runner()
-            if self._cancel_requested():  # cancelled while the worker was starting
-                raise TrainingCancelled("cancelled before training started")
-            result = runner(spec, run_dir, progress=self.progress, should_stop=self.stop.is_set, resume=resume)
-        except TrainingCancelled as exc:
-            if self._yield_requested():
-                self.requeue()
-                return 0
-            self.finish("cancelled", str(exc) or "cancelled; last checkpoint kept")
-            return 0
-        except ReconError as exc:
-            self.finish("failed", str(exc))
-            return 1
-        except BaseException as exc:  # the job must end in a true state whatever happened
-            message = _describe_unexpected(exc)
-            log.error("%s\n%s", message, traceback.format_exc())
-            self.finish("failed", message)
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            return 1
-        self.flush_progress()
-        if self.stop.is_set() and self._cancel_requested():
-            log.info("cancel arrived after training finished; keeping the finished result")
-        self.finish("succeeded", None, _result_dict(result, self.store.workspace))
-        return 0
-
-    def _yield_requested(self) -> bool:
-        row = self.store._conn().execute("SELECT yield_requested FROM jobs WHERE id=?", (self.job_id,)).fetchone()
-        return bool(row and row["yield_requested"])
-
-    def requeue(self) -> None:
+    def requeue_paused(self, job_id: str, pid: int | None) -> bool:
         """A background job paused for a user's job: back to the queue, to resume from its checkpoint."""
-        self.done.set()
-        self.flush_progress()
-        n = self._owned_update(
+        n = self.owned_update(
+            job_id,
+            pid,
             "UPDATE jobs SET state='queued', resume=1, cancel_requested=0, yield_requested=0, pid=NULL,"
             " pid_create_time=NULL, host=NULL",
             (),
         )
-        if n:
-            log.info("job %s: paused for another job; queued again, resumes from its checkpoint", self.job_id)
+        return bool(n)
 
-    def _cancel_requested(self) -> bool:
-        row = self.store._conn().execute("SELECT cancel_requested FROM jobs WHERE id=?", (self.job_id,)).fetchone()
-        return bool(row and row["cancel_requested"])
+    def log(self, job_id: str, level: str, message: str, t: float | None = None) -> None:
+        with contextlib.suppress(sqlite3.Error), self._write() as c:
+            c.execute(
+                "INSERT INTO logs(job_id, t, level, message) VALUES (?, ?, ?, ?)",
+                (job_id, t or time.time(), level, _storable(message)),
+            )
 
+    # ---- what a cluster job reported (copied in by the cluster launcher) ------------------------------------------
+    def cluster_cursor(self, job_id: str) -> int:
+        """How many of the job's cluster events are already in these records."""
+        row = self._conn().execute("SELECT value FROM settings WHERE key=?", (f"cursor:{job_id}",)).fetchone()
+        return int(row["value"]) if row else 0
 
-def _describe_unexpected(exc: BaseException) -> str:
-    """A sentence for a person, for errors execute_run did not already turn into a ReconError."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        where = f" while writing {exc.filename}" if exc.filename else ""
-        return f"disk full: no space left on the device{where}; free some space, then resume the job"
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-        return "out of memory: use a smaller batch size or image size (or another device), then resume"
-    if isinstance(exc, KeyboardInterrupt | SystemExit):
-        return "the worker was stopped"
-    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    return f"unexpected error: {type(exc).__name__}{': ' + text if text else ''} (traceback in the job log)"
+    def apply_cluster_report(self, job_id: str, cursor: int, report: dict[str, Any]) -> None:
+        """Copy a supervisor's events (attach, progress, log) from index `cursor` on, once: two processes copying
+        the same report at the same time do not write rows twice (cursor checked and moved in one transaction)."""
+        events = report.get("events") or []
+        with self._write() as c:
+            key = f"cursor:{job_id}"
+            row = c.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
+            done = int(row["value"]) if row else 0
+            for index, event in enumerate(events, start=cursor):
+                if index < done:
+                    continue
+                if event["kind"] == "attach":
+                    c.execute(
+                        "UPDATE jobs SET state='running', host=?, attempts=?, heartbeat_at=?,"
+                        " started_at=COALESCE(started_at, ?) WHERE id=? AND state IN ('queued', 'running')",
+                        (event["node"], event["attempt"], event["t"], event["t"], job_id),
+                    )
+                elif event["kind"] == "log":
+                    c.execute(
+                        "INSERT INTO logs(job_id, t, level, message) VALUES (?, ?, ?, ?)",
+                        (job_id, event["t"], event["level"], _storable(event["message"])),
+                    )
+                elif event["kind"] == "progress":
+                    f = event["fields"]
+                    values = (
+                        f.get("stage"),
+                        f.get("iteration"),
+                        f.get("total_iterations"),
+                        json.dumps(f.get("losses") or {}),
+                        f.get("images_per_s"),
+                        f.get("elapsed_s"),
+                        f.get("eta_s"),
+                    )
+                    c.execute(
+                        "INSERT INTO progress(job_id, attempt, t, stage, iteration, total_iterations, losses,"
+                        " images_per_s, elapsed_s, eta_s, lr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (job_id, event["attempt"], f.get("t") or event["t"], *values, f.get("lr")),
+                    )
+                    c.execute(
+                        "UPDATE jobs SET stage=?, iteration=?, total_iterations=?, losses=?, images_per_s=?,"
+                        " elapsed_s=?, eta_s=?, heartbeat_at=? WHERE id=? AND state='running'",
+                        (*values, event["t"], job_id),
+                    )
+            c.execute(
+                "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", (key, str(max(done, cursor + len(events))))
+            )
 
+    def finish_cluster_job(self, job_id: str, state: str, error: str | None, result: dict | None) -> bool:
+        """A cluster job's end, once its files are in the run folder. A job cancelled while queued stays so."""
+        with self._write() as c:
+            cur = c.execute(
+                "UPDATE jobs SET state=?, finished_at=?, error=?, result=?, cancel_requested=0"
+                " WHERE id=? AND state IN ('queued', 'running')",
+                (state, time.time(), _storable(error), json.dumps(result) if result is not None else None, job_id),
+            )
+        if cur.rowcount:
+            self.log(
+                job_id,
+                "INFO" if state == "succeeded" else "WARNING",
+                f"job {job_id}: {state}" + (f": {error}" if error else ""),
+            )
+        return bool(cur.rowcount)
 
-def _load_spec(spec_dict: dict[str, Any]) -> Any:
-    from recon_core.config import from_dict
+    def mark_cluster_lost(self, job_id: str, reason: str) -> None:
+        with self._write() as c:
+            cur = c.execute(
+                "UPDATE jobs SET state='interrupted', finished_at=?, error=?"
+                " WHERE id=? AND state IN ('queued', 'running')",
+                (time.time(), reason, job_id),
+            )
+        if cur.rowcount:
+            self.log(job_id, "WARNING", reason)
 
-    if os.environ.get(_RUNNER_ENV):
-        return dict(spec_dict)  # an alternative runner takes the plain dict
-    from recon_core.runs import RunSpec
-
-    return from_dict(RunSpec, spec_dict, where="job spec")
-
-
-def _runner() -> Callable[..., Any]:
-    target = os.environ.get(_RUNNER_ENV)
-    if target:
-        import importlib
-
-        module_name, _, func = target.partition(":")
-        return getattr(importlib.import_module(module_name), func)
-    from recon_core.runs import execute_run
-
-    return execute_run
-
-
-def _result_dict(result: Any, workspace: Path) -> dict[str, Any]:
-    if result is None:
-        return {}
-    if dataclasses.is_dataclass(result):
-        out = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-    elif isinstance(result, dict):
-        out = dict(result)
-    else:
-        return {"value": str(result)}
-    return json.loads(json.dumps(out, default=str))
-
-
-def _install_disk_full_fault() -> None:
-    """Test hook (RECON_FAULT_DISK_FULL=1): writing a checkpoint fails like a full disk does. Patching torch.save in
-    this real worker process is the honest, portable stand-in for a full filesystem (no tmpfs mount needed)."""
-    import torch
-
-    original = torch.save
-
-    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
-        name = str(getattr(f, "name", f))  # a path or an open file (bundle.atomic_torch_save writes a temp file)
-        if "checkpoint" in os.path.basename(name):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
-        return original(obj, f, *args, **kwargs)
-
-    torch.save = save
-
-
-def run_worker(workspace: str | os.PathLike, job_id: str) -> int:
-    """Entry point of a worker process: run one job to a true final state, then start the next queued job."""
-    store = JobStore(workspace, autostart=False)
-    worker = _Worker(store, job_id)
-    if not worker.attach():
-        log.info("job %s is not waiting for a worker (cancelled, deleted or taken); nothing to do", job_id)
-        return 0
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    for old in list(root.handlers):  # log lines go to SQLite only; stderr (worker.log) keeps raw output
-        root.removeHandler(old)
-    handler = _DbLogHandler(store, job_id)
-    root.addHandler(handler)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received signal %d: stopping after the current iteration", signum)
-        worker.stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if os.environ.get(_FAULT_DISK_FULL_ENV) == "1":
-        _install_disk_full_fault()
-    beat = threading.Thread(target=worker.heartbeat_loop, name="job-heartbeat", daemon=True)
-    beat.start()
-    code = 1
-    try:
-        code = worker.run()
-    finally:
-        worker.done.set()
-        beat.join(timeout=5)
-        # Whatever happened above, never leave the row `running` behind a live-looking pid.
-        worker.finish("interrupted", "the worker stopped before the job ended; resume to continue")
-        root.removeHandler(handler)
-        # The finishing worker keeps the queue moving (one new process per job).
-        with contextlib.suppress(Exception):
-            store.autostart = True
-            store.kick()
-        store.close()
-    return code
-
-
-__all__ = [
-    "ACTIVE_STATES",
-    "STATES",
-    "TERMINAL_STATES",
-    "Job",
-    "JobQueue",
-    "JobStore",
-    "default_workspace",
-    "device_slot",
-    "run_worker",
-]
+    def forget_cursor(self, job_id: str) -> None:
+        with self._write() as c:
+            c.execute("DELETE FROM settings WHERE key=?", (f"cursor:{job_id}",))

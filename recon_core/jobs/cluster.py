@@ -1,0 +1,549 @@
+"""The cluster launcher: jobs on a Ray cluster (a GPU server, or a few), with no shared filesystem.
+
+Set `RECON_CLUSTER` (or the Train page's "Run on", or `jobs submit --cluster`) to a Ray address: `ray://host:10001`
+(Ray Client, the app's machine outside the cluster), `host:6379` (the app's machine is a cluster node), or `auto`.
+
+How a job travels (design: notes/cluster.md):
+
+    submit    the app zips the job's data folder (and a warm-start bundle or a checkpoint to resume from) and creates
+              the job's *supervisor*: a detached Ray actor on the head node that holds those bytes, the job's
+              progress, log lines and latest checkpoint. The supervisor, not the app, owns the training task, so
+              the job goes on when the app's machine goes away.
+    run       a Ray task asks for what the preset needs (1 GPU for gpu/paper presets, else CPUs), unzips the data
+              into a temporary folder on its node, runs the same JobRunner as a local worker and reports to the
+              supervisor: progress, logs, and each new checkpoint (bytes).
+    node dies Ray runs the task again on another node (max_retries); it starts from the supervisor's checkpoint, so
+              at most one checkpoint interval is lost.
+    follow    every read of the job records (app page, CLI) copies the supervisor's new progress and log lines into
+              jobs.sqlite; when the job ends, the run folder's files (model.pt, metrics.json, ...) are written into
+              the project's run folder exactly as a local run leaves them, and the supervisor is removed.
+    cancel    a flag the task polls every CANCEL_POLL_S (running), or `ray.cancel` of the pending task (queued).
+
+The training code reaches the nodes through Ray's `runtime_env` (`py_modules`: this `recon_core` package); the
+nodes need the project's Python environment (requirements.txt), nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import zipfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from recon_core.errors import ConfigError, DataError, ReconError
+from recon_core.jobs.records import CHECKPOINT_FILE, TERMINAL_STATES, Job, JobRecords
+
+log = logging.getLogger(__name__)
+
+CLUSTER_ENV = "RECON_CLUSTER"
+NAMESPACE = "recon-studio"
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource: supervisors live there
+MAX_NODE_RETRIES = 3  # a job survives this many lost nodes
+MAX_DATA_BYTES = 2 * 1024**3  # a job's zipped data folder (the object store holds it while the job lives)
+GPU_PRESETS = ("gpu", "paper")
+SYNC_EVERY_S = 1.0  # reads copy a cluster job's progress at most this often
+CONNECT_TIMEOUT_S = 30.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def cluster_address(setting: str | None = None) -> str | None:
+    """The cluster a new job goes to: `setting`, else $RECON_CLUSTER; None (or '', 'local') = run it here."""
+    text = (setting if setting is not None else os.environ.get(CLUSTER_ENV, "")).strip()
+    if text.lower() in ("", "local", "none"):
+        return None
+    if text == "auto" or text.startswith("ray://") or ":" in text:
+        return text
+    raise ConfigError(f"cluster {text!r}: use ray://host:port (Ray Client), host:port (a node's GCS), auto or local")
+
+
+def job_resources(spec_dict: dict[str, Any]) -> dict[str, float]:
+    """What a job asks the cluster for: one GPU for the GPU presets or a cuda device, else CPUs ($RECON_CLUSTER_CPUS,
+    default 1: the training thread count follows it)."""
+    preset = str(spec_dict.get("preset") or "")
+    device = str(spec_dict.get("device") or "auto")
+    cpus = float(os.environ.get("RECON_CLUSTER_CPUS", "1"))
+    if preset.startswith(GPU_PRESETS) or device.startswith("cuda"):
+        return {"num_cpus": cpus, "num_gpus": 1.0}
+    return {"num_cpus": cpus, "num_gpus": 0.0}
+
+
+def actor_name(job_id: str) -> str:
+    return f"recon-job-{job_id}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what travels: the data folder as a zip, run folder files as bytes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def pack_folder(folder: Path, limit: int = MAX_DATA_BYTES) -> bytes:
+    """The folder's files as zip bytes (images are already compressed: stored, not deflated)."""
+    buffer = io.BytesIO()
+    total = 0
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            total += path.stat().st_size
+            if total > limit:
+                raise DataError(f"{folder}: more than {limit / 1024**3:.0f} GB of data; too much to send with a job")
+            archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+def unpack_folder(data: bytes, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for member in archive.namelist():  # our own zip, but never write outside the folder
+            target = (folder / member).resolve()
+            if folder.resolve() not in target.parents:
+                raise DataError(f"job data: member {member!r} escapes its folder")
+        archive.extractall(folder)
+
+
+def spec_for_cluster(spec_dict: dict[str, Any]) -> tuple[dict[str, Any], bytes, bytes | None]:
+    """(spec with paths relative to the data folder, zipped data folder, warm-start bundle bytes or None).
+    The job must not read the project's folders by path: everything it needs travels with it."""
+    spec = dict(spec_dict)
+    data = Path(spec["data"])
+    for key in ("labelled_defect_files", "exclude_paths"):
+        relative = []
+        for item in spec.get(key) or []:
+            path = Path(item)
+            if path.is_absolute():
+                try:
+                    path = path.resolve().relative_to(data.resolve())
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"{key}: {item} is outside the data folder {data}; a cluster job only gets that folder"
+                    ) from exc
+            relative.append(path.as_posix())
+        spec[key] = relative
+    init_bytes = None
+    if spec.get("init_from"):
+        try:
+            init_bytes = Path(spec["init_from"]).read_bytes()
+        except OSError as exc:
+            raise DataError(f"init_from {spec['init_from']}: cannot read it ({exc.strerror})") from exc
+    return spec, pack_folder(data), init_bytes
+
+
+def run_folder_files(run_dir: Path, with_checkpoint: bool) -> dict[str, bytes]:
+    """The run folder's files (relative path -> bytes), the checkpoint only when asked."""
+    files = {}
+    for path in sorted(run_dir.rglob("*")):
+        if path.is_file() and (with_checkpoint or path.name != CHECKPOINT_FILE) and not path.name.endswith(".tmp"):
+            files[path.relative_to(run_dir).as_posix()] = path.read_bytes()
+    return files
+
+
+def write_run_files(files: dict[str, bytes], run_dir: Path) -> None:
+    """Each file written whole (temporary name, then rename), never outside the run folder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = run_dir.resolve()
+    for name, data in files.items():
+        target = (run_dir / name).resolve()
+        if root not in target.parents:
+            raise DataError(f"cluster job result: {name!r} escapes the run folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(target.name + ".part")
+        temporary.write_bytes(data)
+        temporary.replace(target)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# on the cluster: the supervisor actor (head node) and the training task (any node with the resources)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Supervisor:
+    """One job's state on the cluster. Detached (outlives the app that created it), on the head node, threaded:
+    the training task reports to it while the app polls it."""
+
+    def __init__(
+        self,
+        job_id: str,
+        spec: dict[str, Any],
+        data_zip: bytes,
+        init_bytes: bytes | None,
+        checkpoint: bytes | None,
+        resources: dict[str, float],
+    ):
+        self.job_id, self.spec, self.data_zip, self.init_bytes = job_id, spec, data_zip, init_bytes
+        self.checkpoint, self.checkpoint_iteration = checkpoint, None
+        self.resources = resources
+        self.state, self.error, self.result = "queued", None, None
+        self.node: str | None = None
+        self.attempts = 0
+        self.last_iteration: int | None = None
+        self.events: list[dict[str, Any]] = []  # progress and log events, in order; the app copies them by index
+        self.files: dict[str, bytes] | None = None
+        self.cancel_requested = False
+        self.lock = threading.Lock()
+        self.ref: Any = None
+
+    def start(self) -> None:
+        import ray
+
+        task = ray.remote(train_on_node).options(
+            **self.resources, max_retries=MAX_NODE_RETRIES, retry_exceptions=False, name=f"train {self.job_id}"
+        )
+        self.ref = task.remote(ray.get_runtime_context().current_actor, self.job_id)
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        """The task's end as Ray sees it: an error here means every attempt was lost (nodes died) or it was
+        cancelled before it ran."""
+        import ray
+
+        try:
+            ray.get(self.ref)
+        except Exception as exc:  # TaskCancelledError, WorkerCrashedError, NodeDiedError, ...
+            with self.lock:
+                if self.state in TERMINAL_STATES:
+                    return
+                if self.cancel_requested:
+                    self.state, self.error = "cancelled", "cancelled before it started on a node"
+                else:
+                    self.state = "interrupted"
+                    self.error = (
+                        f"the cluster lost the job after {self.attempts} attempt(s) ({type(exc).__name__}); resume "
+                        "to continue from its last checkpoint"
+                    )
+                self._event("log", level="WARNING", message=self.error)
+        with self.lock:
+            if self.state not in TERMINAL_STATES:  # the task returned without reporting an end
+                self.state, self.error = "interrupted", "the training task ended without reporting; resume to continue"
+
+    def _event(self, kind: str, **payload: Any) -> None:
+        self.events.append({"kind": kind, "t": time.time(), **payload})
+
+    # -- called by the training task ------------------------------------------------------------------------
+    def inputs(self) -> tuple[dict[str, Any], bytes, bytes | None, bytes | None, int | None]:
+        with self.lock:
+            return self.spec, self.data_zip, self.init_bytes, self.checkpoint, self.checkpoint_iteration
+
+    def attach(self, node: str) -> int:
+        with self.lock:
+            self.attempts += 1
+            previous, self.node = self.node, node
+            self.state = "running"
+            if self.attempts > 1:
+                where = (
+                    f"from the checkpoint at iteration {self.checkpoint_iteration}"
+                    if self.checkpoint
+                    else "from the start (no checkpoint yet)"
+                )
+                self._event(
+                    "log",
+                    level="WARNING",
+                    message=f"attempt {self.attempts} on node {node}: the previous node ({previous}) was lost at "
+                    f"iteration {self.last_iteration}; continuing {where}",
+                )
+            self._event("attach", node=node, attempt=self.attempts)
+            return self.attempts
+
+    def heartbeat(self, attempt: int) -> tuple[bool, bool]:
+        """(still this attempt's job, cancel requested)."""
+        with self.lock:
+            return attempt == self.attempts and self.state == "running", self.cancel_requested
+
+    def progress(self, attempt: int, fields: dict[str, Any]) -> None:
+        with self.lock:
+            if attempt == self.attempts:
+                self.last_iteration = fields.get("iteration")
+                self._event("progress", attempt=attempt, fields=fields)
+
+    def log(self, level: str, message: str) -> None:
+        with self.lock:
+            self._event("log", level=level, message=message)
+
+    def put_checkpoint(self, attempt: int, data: bytes, iteration: int | None) -> None:
+        with self.lock:
+            if attempt == self.attempts:
+                self.checkpoint, self.checkpoint_iteration = data, iteration
+
+    def finish(self, attempt: int, state: str, error: str | None, result: dict | None, files: dict[str, bytes]) -> bool:
+        with self.lock:
+            if attempt != self.attempts or self.state in TERMINAL_STATES:
+                return False
+            self.state, self.error, self.result, self.files = state, error, result, files
+            if CHECKPOINT_FILE in files:
+                self.checkpoint = files[CHECKPOINT_FILE]
+            return True
+
+    # -- called by the app -------------------------------------------------------------------------------------
+    def poll(self, since: int) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "state": self.state,
+                "node": self.node,
+                "attempts": self.attempts,
+                "error": self.error,
+                "result": self.result,
+                "events": self.events[since:],
+                "checkpoint_iteration": self.checkpoint_iteration,
+            }
+
+    def take_files(self) -> dict[str, bytes]:
+        """The finished run folder (with the last checkpoint when the job did not succeed: resume needs it)."""
+        with self.lock:
+            files = dict(self.files or {})
+            if self.state != "succeeded" and self.checkpoint is not None:
+                files[CHECKPOINT_FILE] = self.checkpoint
+            return files
+
+    def cancel(self) -> str:
+        import ray
+
+        with self.lock:
+            self.cancel_requested = True
+            state = self.state
+        if state == "queued" and self.ref is not None:
+            with contextlib.suppress(Exception):
+                ray.cancel(self.ref)  # not on a node yet: Ray drops the pending task
+        return state
+
+
+class RayChannel:
+    """A cluster job's channel (worker.JobChannel): calls to its supervisor."""
+
+    def __init__(self, supervisor: Any, run_dir: Path):
+        self.supervisor, self.run_dir = supervisor, run_dir
+        self.attempt = 0
+        self.cancel = False
+        self.last_iteration: int | None = None
+        self._checkpoint_mtime: int | None = None
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import ray
+
+        return ray.get(getattr(self.supervisor, method).remote(*args))
+
+    def attach(self) -> int:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()[:8]
+        self.attempt = self._call("attach", f"{socket.gethostname()}/{node}")
+        return self.attempt
+
+    def heartbeat(self) -> bool:
+        owned, self.cancel = self._call("heartbeat", self.attempt)
+        return owned
+
+    def flags(self) -> tuple[bool, bool]:
+        return self.cancel, False
+
+    def progress(self, fields: dict[str, Any]) -> None:
+        self.last_iteration = fields.get("iteration")
+        self._call("progress", self.attempt, fields)
+
+    def ship_checkpoint(self) -> None:
+        """After a progress report: a checkpoint newer than the last one shipped goes to the supervisor."""
+        path = self.run_dir / CHECKPOINT_FILE
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime != self._checkpoint_mtime:
+            self._checkpoint_mtime = mtime
+            with contextlib.suppress(OSError):
+                self._call("put_checkpoint", self.attempt, path.read_bytes(), self.last_iteration)
+
+    def log(self, level: str, message: str) -> None:
+        self._call("log", level, message)
+
+    def finish(self, state: str, error: str | None, result: dict | None) -> bool:
+        files = run_folder_files(self.run_dir, with_checkpoint=state != "succeeded")
+        return bool(self._call("finish", self.attempt, state, error, result, files))
+
+    def requeue(self) -> bool:  # the cluster's scheduler has no background jobs to pause
+        return False
+
+
+def train_on_node(supervisor: Any, job_id: str) -> int:
+    """The Ray task: run the job on this node in a temporary folder, from the supervisor's inputs."""
+    from recon_core.jobs.worker import JobRunner, reporting
+
+    spec, data_zip, init_bytes, checkpoint, _ = RayChannel(supervisor, Path())._call("inputs")
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    os.environ["RECON_THREADS"] = str(max(1, int(cpus)))  # train on the cores the cluster gave this job
+    with tempfile.TemporaryDirectory(prefix="recon-job-") as tmp:
+        root = Path(tmp)
+        unpack_folder(data_zip, root / "data")
+        spec = dict(spec, data=str(root / "data"))
+        if init_bytes is not None:
+            (root / "init.pt").write_bytes(init_bytes)
+            spec["init_from"] = str(root / "init.pt")
+        run_dir = root / "run"
+        run_dir.mkdir()
+        if checkpoint is not None:
+            (run_dir / CHECKPOINT_FILE).write_bytes(checkpoint)
+        channel = RayChannel(supervisor, run_dir)
+        channel.attach()
+        channel._checkpoint_mtime = (run_dir / CHECKPOINT_FILE).stat().st_mtime_ns if checkpoint else None
+        runner = JobRunner(channel, job_id, on_progress=channel.ship_checkpoint)
+        with reporting(runner, channel):
+            log.info("job %s on node %s: %s", job_id, socket.gethostname(), "resuming" if checkpoint else "starting")
+            return runner.run(spec, run_dir, resume=checkpoint is not None)
+
+
+@cache
+def _supervisor_actor() -> Any:
+    import ray
+
+    return ray.remote(Supervisor)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# on the app's machine: the launcher
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def connect(address: str) -> None:
+    """Connect this process to the cluster at `address` (once; a second, different address is refused)."""
+    import ray
+
+    if ray.is_initialized():
+        current = getattr(connect, "address", None)
+        if current not in (None, address):
+            raise ConfigError(f"this process follows the cluster at {current}; it cannot also use {address}")
+        return
+    package = str(Path(__file__).resolve().parents[1])  # recon_core, shipped to the nodes with every job
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            runtime_env={"py_modules": [package], "env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError from Ray
+        raise ReconError(f"cannot reach the cluster at {address}: {exc}") from exc
+    connect.address = address  # type: ignore[attr-defined]
+
+
+def cluster_resources(address: str) -> dict[str, Any]:
+    """Nodes alive and the cluster's total / free CPUs and GPUs, for the Train page and `jobs cluster`."""
+    import ray
+
+    connect(address)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    total, free = ray.cluster_resources(), ray.available_resources()
+    return {
+        "address": address,
+        "nodes": len(nodes),
+        "workers": sum(1 for n in nodes if HEAD_RESOURCE not in n.get("Resources", {})),
+        "cpus": total.get("CPU", 0.0),
+        "free_cpus": free.get("CPU", 0.0),
+        "gpus": total.get("GPU", 0.0),
+        "free_gpus": free.get("GPU", 0.0),
+    }
+
+
+class ClusterLauncher:
+    """Sends jobs to a Ray cluster and copies what they report into the job records."""
+
+    def __init__(self, records: JobRecords):
+        self.records = records
+        self._last_sync: dict[str, float] = {}
+
+    def start(self, job: Job) -> None:
+        """Send a queued job to its cluster: data, spec, and the checkpoint to resume from (if any)."""
+        import ray
+
+        connect(job.launcher)
+        spec, data_zip, init_bytes = spec_for_cluster(job.spec)
+        checkpoint_path = job.run_dir / CHECKPOINT_FILE
+        checkpoint = checkpoint_path.read_bytes() if job.resume and checkpoint_path.is_file() else None
+        self._remove_supervisor(job.id)  # a resumed job's earlier supervisor
+        self.records.forget_cursor(job.id)  # the new supervisor's events count from 0
+        supervisor = (
+            _supervisor_actor()
+            .options(
+                name=actor_name(job.id),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                num_cpus=0,
+                resources={HEAD_RESOURCE: 0.001},
+                max_concurrency=32,
+            )
+            .remote(job.id, spec, data_zip, init_bytes, checkpoint, job_resources(job.spec))
+        )
+        ray.get(supervisor.start.remote())
+        size = len(data_zip) + len(init_bytes or b"") + len(checkpoint or b"")
+        self.records.log(job.id, "INFO", f"sent to the cluster at {job.launcher} ({size / 1e6:.1f} MB of data)")
+
+    def _supervisor(self, job_id: str) -> Any:
+        import ray
+
+        try:
+            return ray.get_actor(actor_name(job_id), namespace=NAMESPACE)
+        except ValueError:
+            return None
+
+    def _remove_supervisor(self, job_id: str) -> None:
+        import ray
+
+        actor = self._supervisor(job_id)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+
+    def cancel(self, job: Job) -> None:
+        import ray
+
+        connect(job.launcher)
+        actor = self._supervisor(job.id)
+        if actor is not None:
+            ray.get(actor.cancel.remote())
+
+    def sync(self, job: Job, force: bool = False) -> None:
+        """Copy the job's new progress and log lines into the records; when it has ended, its run folder's files
+        into the project's run folder and its final state into the records."""
+        import ray
+
+        now = time.monotonic()
+        if not force and now - self._last_sync.get(job.id, 0.0) < SYNC_EVERY_S:
+            return
+        self._last_sync[job.id] = now
+        connect(job.launcher)
+        actor = self._supervisor(job.id)
+        if actor is None:
+            if job.is_active:
+                self.records.mark_cluster_lost(
+                    job.id,
+                    "the cluster no longer knows this job (its head node restarted?); resume sends it again from "
+                    "the last checkpoint this machine holds",
+                )
+            return
+        cursor = self.records.cluster_cursor(job.id)
+        report = ray.get(actor.poll.remote(cursor))
+        self.records.apply_cluster_report(job.id, cursor, report)
+        if report["state"] in TERMINAL_STATES:
+            files = ray.get(actor.take_files.remote())
+            write_run_files(files, job.run_dir)
+            result = dict(report["result"] or {})
+            if "bundle_path" in result:  # the node's temporary path -> this machine's run folder
+                result["bundle_path"] = str(job.run_dir / "model.pt")
+            self.records.finish_cluster_job(job.id, report["state"], report["error"], result or None)
+            ray.kill(actor, no_restart=True)
+
+    def forget(self, job: Job) -> None:
+        with contextlib.suppress(Exception):
+            connect(job.launcher)
+            self._remove_supervisor(job.id)
