@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,8 +303,10 @@ assert len(AUGMENTATIONS) == N_AUGMENTATIONS  # the declared bound of SynthConfi
 
 
 def bundled_textures_dir() -> Path:
-    """assets/textures: procedural, licence-clean textures made by scripts/make_textures.py."""
-    return Path(__file__).resolve().parent.parent / "assets" / "textures"
+    """assets/textures: procedural, licence-clean textures made by scripts/make_textures.py ($RECON_TEXTURES_DIR
+    where a cluster node received them with the job)."""
+    override = os.environ.get("RECON_TEXTURES_DIR")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "assets" / "textures"
 
 
 def _texture_files(folder: Path, recursive: bool) -> list[Path]:

@@ -26,7 +26,9 @@ nodes need the project's Python environment (requirements.txt), nothing else.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
 import logging
 import os
 import socket
@@ -34,12 +36,13 @@ import tempfile
 import threading
 import time
 import zipfile
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from recon_core.errors import ConfigError, DataError, ReconError
-from recon_core.jobs.records import CHECKPOINT_FILE, TERMINAL_STATES, Job, JobRecords
+from recon_core.jobs.records import CHECKPOINT_FILE, LAUNCH_GRACE_S, TERMINAL_STATES, Job, JobRecords
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +116,26 @@ def unpack_folder(data: bytes, folder: Path) -> None:
         archive.extractall(folder)
 
 
-def spec_for_cluster(spec_dict: dict[str, Any]) -> tuple[dict[str, Any], bytes, bytes | None]:
-    """(spec with paths relative to the data folder, zipped data folder, warm-start bundle bytes or None).
-    The job must not read the project's folders by path: everything it needs travels with it."""
-    spec = dict(spec_dict)
+@dataclass
+class JobInputs:
+    """Everything a cluster job reads, as bytes: it must not read the project's folders by path."""
+
+    spec: dict[str, Any]  # paths made relative to the data folder; the node fills in its own folders
+    data_zip: bytes
+    textures_zip: bytes  # the synthetic-defect textures (bundled ones, or the spec's texture folder)
+    init_bytes: bytes | None = None  # warm-start bundle
+    checkpoint: bytes | None = None  # resume from here
+
+    @property
+    def size(self) -> int:
+        return len(self.data_zip) + len(self.textures_zip) + len(self.init_bytes or b"") + len(self.checkpoint or b"")
+
+
+def spec_for_cluster(spec_dict: dict[str, Any]) -> JobInputs:
+    """The job's inputs: its data folder, textures and warm-start bundle as bytes, paths in the spec relative."""
+    from recon_core.synth import bundled_textures_dir
+
+    spec = json.loads(json.dumps(spec_dict))
     data = Path(spec["data"])
     for key in ("labelled_defect_files", "exclude_paths"):
         relative = []
@@ -131,13 +150,18 @@ def spec_for_cluster(spec_dict: dict[str, Any]) -> tuple[dict[str, Any], bytes, 
                     ) from exc
             relative.append(path.as_posix())
         spec[key] = relative
+    synth = spec.get("synth") or {}
+    texture_dir = synth.get("texture_dir")
+    textures = Path(texture_dir) if synth.get("texture_source") == "folder" and texture_dir else bundled_textures_dir()
+    if not textures.is_dir():
+        raise DataError(f"synth.texture_dir: {textures} is not a folder")
     init_bytes = None
     if spec.get("init_from"):
         try:
             init_bytes = Path(spec["init_from"]).read_bytes()
         except OSError as exc:
             raise DataError(f"init_from {spec['init_from']}: cannot read it ({exc.strerror})") from exc
-    return spec, pack_folder(data), init_bytes
+    return JobInputs(spec, pack_folder(data), pack_folder(textures), init_bytes)
 
 
 def run_folder_files(run_dir: Path, with_checkpoint: bool) -> dict[str, bytes]:
@@ -172,17 +196,9 @@ class Supervisor:
     """One job's state on the cluster. Detached (outlives the app that created it), on the head node, threaded:
     the training task reports to it while the app polls it."""
 
-    def __init__(
-        self,
-        job_id: str,
-        spec: dict[str, Any],
-        data_zip: bytes,
-        init_bytes: bytes | None,
-        checkpoint: bytes | None,
-        resources: dict[str, float],
-    ):
-        self.job_id, self.spec, self.data_zip, self.init_bytes = job_id, spec, data_zip, init_bytes
-        self.checkpoint, self.checkpoint_iteration = checkpoint, None
+    def __init__(self, job_id: str, inputs: JobInputs, resources: dict[str, float]):
+        self.job_id, self.inputs_ = job_id, inputs
+        self.checkpoint, self.checkpoint_iteration = inputs.checkpoint, None
         self.resources = resources
         self.state, self.error, self.result = "queued", None, None
         self.node: str | None = None
@@ -231,9 +247,10 @@ class Supervisor:
         self.events.append({"kind": kind, "t": time.time(), **payload})
 
     # -- called by the training task ------------------------------------------------------------------------
-    def inputs(self) -> tuple[dict[str, Any], bytes, bytes | None, bytes | None, int | None]:
+    def inputs(self) -> JobInputs:
+        """What a (new) attempt starts from: the job's inputs with the latest checkpoint."""
         with self.lock:
-            return self.spec, self.data_zip, self.init_bytes, self.checkpoint, self.checkpoint_iteration
+            return dataclasses.replace(self.inputs_, checkpoint=self.checkpoint)
 
     def attach(self, node: str) -> int:
         with self.lock:
@@ -375,19 +392,26 @@ class RayChannel:
 
 def train_on_node(supervisor: Any, job_id: str) -> int:
     """The Ray task: run the job on this node in a temporary folder, from the supervisor's inputs."""
+    import ray
+
     from recon_core.jobs.worker import JobRunner, reporting
 
-    spec, data_zip, init_bytes, checkpoint, _ = RayChannel(supervisor, Path())._call("inputs")
-    import ray
+    inputs: JobInputs = RayChannel(supervisor, Path())._call("inputs")
+    checkpoint = inputs.checkpoint
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     os.environ["RECON_THREADS"] = str(max(1, int(cpus)))  # train on the cores the cluster gave this job
     with tempfile.TemporaryDirectory(prefix="recon-job-") as tmp:
         root = Path(tmp)
-        unpack_folder(data_zip, root / "data")
-        spec = dict(spec, data=str(root / "data"))
-        if init_bytes is not None:
-            (root / "init.pt").write_bytes(init_bytes)
+        unpack_folder(inputs.data_zip, root / "data")
+        unpack_folder(inputs.textures_zip, root / "textures")
+        spec = dict(inputs.spec, data=str(root / "data"))
+        spec["synth"] = dict(spec.get("synth") or {})
+        if spec["synth"].get("texture_source") == "folder":
+            spec["synth"]["texture_dir"] = str(root / "textures")
+        os.environ["RECON_TEXTURES_DIR"] = str(root / "textures")  # the bundled textures, as sent
+        if inputs.init_bytes is not None:
+            (root / "init.pt").write_bytes(inputs.init_bytes)
             spec["init_from"] = str(root / "init.pt")
         run_dir = root / "run"
         run_dir.mkdir()
@@ -468,9 +492,10 @@ class ClusterLauncher:
         import ray
 
         connect(job.launcher)
-        spec, data_zip, init_bytes = spec_for_cluster(job.spec)
+        inputs = spec_for_cluster(job.spec)
         checkpoint_path = job.run_dir / CHECKPOINT_FILE
-        checkpoint = checkpoint_path.read_bytes() if job.resume and checkpoint_path.is_file() else None
+        if job.resume and checkpoint_path.is_file():
+            inputs.checkpoint = checkpoint_path.read_bytes()
         self._remove_supervisor(job.id)  # a resumed job's earlier supervisor
         self.records.forget_cursor(job.id)  # the new supervisor's events count from 0
         supervisor = (
@@ -483,11 +508,10 @@ class ClusterLauncher:
                 resources={HEAD_RESOURCE: 0.001},
                 max_concurrency=32,
             )
-            .remote(job.id, spec, data_zip, init_bytes, checkpoint, job_resources(job.spec))
+            .remote(job.id, inputs, job_resources(job.spec))
         )
         ray.get(supervisor.start.remote())
-        size = len(data_zip) + len(init_bytes or b"") + len(checkpoint or b"")
-        self.records.log(job.id, "INFO", f"sent to the cluster at {job.launcher} ({size / 1e6:.1f} MB of data)")
+        self.records.log(job.id, "INFO", f"sent to the cluster at {job.launcher} ({inputs.size / 1e6:.1f} MB)")
 
     def _supervisor(self, job_id: str) -> Any:
         import ray
@@ -524,7 +548,8 @@ class ClusterLauncher:
         connect(job.launcher)
         actor = self._supervisor(job.id)
         if actor is None:
-            if job.is_active:
+            being_sent = job.state == "queued" and time.time() - job.queued_at < LAUNCH_GRACE_S
+            if job.is_active and not being_sent:
                 self.records.mark_cluster_lost(
                     job.id,
                     "the cluster no longer knows this job (its head node restarted?); resume sends it again from "

@@ -287,6 +287,13 @@ class JobQueue(Protocol):
 
     def submit(self, spec: Any, project: str | None = None, priority: str = "normal") -> str: ...
     def list_jobs(self, project: str | None = None) -> list[Job]: ...
+    def peek(self, job_id: str) -> Job:
+        """The job as recorded, without bringing the records up to date first."""
+        row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise ReconError(f"no job {job_id!r} in {self.db_path}")
+        return self._row_to_job(row)
+
     def get(self, job_id: str) -> Job: ...
     def cancel(self, job_id: str) -> Job: ...
     def resume(self, job_id: str) -> Job: ...
@@ -605,6 +612,13 @@ class JobRecords:
                 why += "; background job: yields to your runs"
             out[row["id"]] = (position, why)
         return out
+
+    def peek(self, job_id: str) -> Job:
+        """The job as recorded, without bringing the records up to date first."""
+        row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise ReconError(f"no job {job_id!r} in {self.db_path}")
+        return self._row_to_job(row)
 
     def get(self, job_id: str) -> Job:
         """The job's current state; ReconError if there is no such job. Notices dead workers (at most every 2 s), so
@@ -992,13 +1006,7 @@ class JobRecords:
                 " WHERE id=? AND state IN ('queued', 'running')",
                 (state, time.time(), _storable(error), json.dumps(result) if result is not None else None, job_id),
             )
-        if cur.rowcount:
-            self.log(
-                job_id,
-                "INFO" if state == "succeeded" else "WARNING",
-                f"job {job_id}: {state}" + (f": {error}" if error else ""),
-            )
-        return bool(cur.rowcount)
+        return bool(cur.rowcount)  # the supervisor's log already says how it ended
 
     def mark_cluster_lost(self, job_id: str, reason: str) -> None:
         with self._write() as c:

@@ -116,7 +116,7 @@ class JobStore(JobRecords):
         return job_id
 
     def _send(self, job_id: str) -> None:
-        job = self.get(job_id)
+        job = self.peek(job_id)
         try:
             self.cluster.start(job)
         except ReconError as exc:
