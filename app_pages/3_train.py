@@ -1,9 +1,10 @@
-"""Train: pick model, preset, budget and device; start a background job; watch progress, ETA and losses;
-cancel / resume; the project's runs. All state is in the workspace's job store (SQLite), so closing the tab or
-restarting the app loses nothing."""
+"""Train: pick model, preset, budget, device and where it runs (this machine or a Ray cluster); start a background
+job; watch progress, ETA and losses; cancel / resume; the project's runs. All state is in the workspace's job
+store (SQLite), so closing the tab or restarting the app loses nothing."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pandas as pd
@@ -14,6 +15,8 @@ from app_pages._ui import guarded, recall, remember, require_project, run_label,
 from recon_core.auto import AUTO, CANDIDATES_FILE, AutoConfig, auto_presets, describe_plan
 from recon_core.config import load_json
 from recon_core.device import available_devices
+from recon_core.errors import ReconError
+from recon_core.jobs.cluster import CLUSTER_ENV, cluster_address, cluster_resources
 from recon_core.memory import preset_summary
 from recon_core.models import get_model_class, model_names
 from recon_core.runs import RunSpec
@@ -53,8 +56,10 @@ def start_form(project) -> None:
             amount = st.number_input("Training minutes", 0.5, 24 * 60.0, 5.0, 0.5, key="budget_minutes")
         else:
             amount = st.number_input("Training iterations", 1, 1_000_000, 500, 50, key="budget_iterations")
-        device = st.selectbox("Device", ["auto", *available_devices()], key="train_device")
-        needs = None if model == AUTO else preset_summary(model, preset, device)
+        cluster = run_on()
+        devices = ["auto", "cuda", "cpu"] if cluster else ["auto", *available_devices()]  # a node picks its own
+        device = st.selectbox("Device", devices, key="train_device")
+        needs = None if model == AUTO or cluster else preset_summary(model, preset, device)
         if needs is not None:
             (st.caption if needs[1] else st.warning)(needs[0])
         warm = [r for r in project.finished_runs() if (r / "spec.json").is_file()]
@@ -81,10 +86,39 @@ def start_form(project) -> None:
             name=name or None,
             labelled_defect_files=[str(p) for p in real],
         )
-        job_id = store().submit(spec, project=project.name)
+        job_id = store().submit(spec, project=project.name, cluster=cluster or "local")
         remember(**{f"job:{project.name}": job_id})
         st.session_state["job_select"] = job_id  # follow the new job (the picker below is drawn after this)
         st.success(f"Queued job {job_id}. It runs in the background; you can close this tab.")
+
+
+def run_on() -> str | None:
+    """Where a new run trains: this machine, or a Ray cluster (its address; default $RECON_CLUSTER). Shows the
+    cluster's nodes and free resources, or why it cannot be reached."""
+    default = os.environ.get(CLUSTER_ENV, "")
+    where = st.radio(
+        "Run on", ["This machine", "Cluster"], index=1 if default else 0, horizontal=True, key="train_where"
+    )
+    if where == "This machine":
+        return None
+    address = st.text_input(
+        "Cluster address",
+        value=default or "ray://127.0.0.1:10001",
+        key="train_cluster",
+        help="A Ray cluster: ray://head:10001 (Ray Client) or head:6379 when this machine is a node. The job's images "
+        "go with it; the model comes back into this project's runs.",
+    )
+    address = cluster_address(address)
+    try:
+        info = cluster_resources(address)
+    except ReconError as exc:
+        st.warning(f"{exc}. Start it with scripts/ray_cluster.sh (README: Training on a cluster).")
+        return address
+    st.caption(
+        f"{info['workers']} worker node(s) · CPUs {info['free_cpus']:g} free of {info['cpus']:g} · "
+        f"GPUs {info['free_gpus']:g} free of {info['gpus']:g}"
+    )
+    return address
 
 
 def learns_from(project, synth, uses_real: bool, real: list) -> None:
@@ -169,6 +203,7 @@ def job_panel(project_name: str) -> None:
                 "name": j.spec.get("name") or "",
                 "model": j.model,
                 "state": j.state,
+                "where": j.where,
                 "progress": round(100 * j.fraction),
                 "status": j.progress_text(with_state=False),
                 "error": (j.error or "")[:80],
@@ -195,6 +230,9 @@ def job_panel(project_name: str) -> None:
     )
     job = store().get(job_id)
     st.progress(job.fraction, text=job.progress_text())
+    st.caption(f"Runs on {job.where}" + (f" · attempt {job.attempts}" if job.on_cluster and job.attempts > 1 else ""))
+    if job.on_cluster and store().cluster_problem:
+        st.warning(f"Cannot follow the cluster right now: {store().cluster_problem}")
     if job.error:
         st.error(job.error)
     b1, b2, _ = st.columns([1, 1, 4])

@@ -1,7 +1,8 @@
 """`python -m recon_core jobs submit|list|show|cancel|resume|logs|delete`: background training jobs.
 
 Jobs live in <workspace>/jobs.sqlite (workspace: --workspace, else $RECON_WORKSPACE, else ./workspace) and run in
-their own worker processes, so closing the terminal does not stop them. `jobs worker` is the hidden entry point a
+their own worker processes, so closing the terminal does not stop them, or on a Ray cluster (`--cluster`, or
+$RECON_CLUSTER; `jobs cluster` shows its nodes and free resources). `jobs worker` is the hidden entry point a
 worker process runs.
 """
 
@@ -63,12 +64,12 @@ def _job_dict(job: Job) -> dict[str, Any]:
 
 def submit(args: argparse.Namespace) -> int:
     store = _store(args)
-    job_id = store.submit(build_spec(args), project=args.project)
+    job_id = store.submit(build_spec(args), project=args.project, cluster=args.cluster)
     job = store.get(job_id)
     print(job_id)
     if args.follow:
         return _follow(store, job_id)
-    print(f"{job.state} on {job.device_slot}; run folder {job.run_dir}", flush=True)
+    print(f"{job.state} on {job.where}; run folder {job.run_dir}", flush=True)
     print(f"follow with: python -m recon_core jobs show {job_id} --follow")
     return 0
 
@@ -81,12 +82,15 @@ def list_cmd(args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs")
         return 0
-    header = f"{'ID':<23} {'PROJECT':<12} {'STATE':<11} {'MODEL':<11} {'PROGRESS':<14} {'CREATED':<19} DATA"
+    header = (
+        f"{'ID':<23} {'PROJECT':<12} {'STATE':<11} {'MODEL':<11} {'WHERE':<8} {'PROGRESS':<14} {'CREATED':<19} DATA"
+    )
     print(header)
 
     for j in jobs:
         print(
             f"{j.id:<23} {j.project[:12]:<12} {j.state:<11} {j.model[:11]:<11} "
+            f"{'cluster' if j.on_cluster else 'local':<8} "
             f"{j.progress_text(with_state=False) or '-':<14} "
             f"{_when(j.created_at):<19} {j.data}"
         )
@@ -101,7 +105,7 @@ def _print_job(job: Job) -> None:
         ("project", job.project),
         ("model", f"{job.model}" + (f" (preset {job.spec['preset']})" if job.spec.get("preset") else "")),
         ("data", job.data),
-        ("device", job.device_slot),
+        ("runs on", job.where),
         ("budget", _budget_text(job.spec)),
         ("created", _when(job.created_at)),
         ("started", _when(job.started_at)),
@@ -112,8 +116,8 @@ def _print_job(job: Job) -> None:
         rows.append(("losses", "  ".join(f"{k} {v:.4g}" for k, v in job.losses.items())))
     if job.images_per_s is not None and job.state == "running":
         rows.append(("speed", f"{job.images_per_s:.1f} images/s, ETA {format_duration(job.eta_s)}"))
-    if job.pid and job.state == "running":
-        rows.append(("worker", f"pid {job.pid} on {job.host}"))
+    if job.on_cluster and job.attempts > 1:
+        rows.append(("attempts", f"{job.attempts} (a node was lost; each attempt continued from the checkpoint)"))
     if job.error:
         rows.append(("error" if job.state == "failed" else "reason", job.error))
     rows.append(("run folder", str(job.run_dir)))
@@ -217,6 +221,25 @@ def delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cluster(args: argparse.Namespace) -> int:
+    """The cluster a job would go to, its nodes and free resources."""
+    from recon_core.jobs.cluster import cluster_address, cluster_resources
+
+    address = cluster_address(args.cluster)
+    if address is None:
+        print("no cluster set: jobs run on this machine (set RECON_CLUSTER=ray://host:10001 or pass --cluster)")
+        return 0
+    info = cluster_resources(address)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        f"{address}: {info['nodes']} node(s), {info['workers']} worker node(s); CPUs {info['free_cpus']:g} free of "
+        f"{info['cpus']:g}; GPUs {info['free_gpus']:g} free of {info['gpus']:g}"
+    )
+    return 0
+
+
 def worker(args: argparse.Namespace) -> int:
     return run_worker(args.workspace or default_workspace(), args.job)
 
@@ -236,7 +259,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_options(p)
     p.add_argument("--project", default=None, help="project name (run folder <workspace>/<project>/runs/<id>)")
     p.add_argument("--follow", action="store_true", help="show a progress bar until the job ends")
+    p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="run it on a Ray cluster: ray://host:10001, host:6379 or auto (default: $RECON_CLUSTER; local = here)",
+    )
     p.set_defaults(handler=submit)
+
+    p = sub.add_parser("cluster", parents=[common], help="the Ray cluster jobs go to: nodes and free resources")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS", help="default: $RECON_CLUSTER")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cluster)
 
     p = sub.add_parser("list", parents=[common], help="all jobs, newest first")
     p.add_argument("--project", default=None)
