@@ -196,13 +196,14 @@ class Supervisor:
     """One job's state on the cluster. Detached (outlives the app that created it), on the head node, threaded:
     the training task reports to it while the app polls it."""
 
-    def __init__(self, job_id: str, inputs: JobInputs, resources: dict[str, float]):
+    def __init__(self, job_id: str, inputs: JobInputs, resources: dict[str, float], attempts_before: int = 0):
         self.job_id, self.inputs_ = job_id, inputs
         self.checkpoint, self.checkpoint_iteration = inputs.checkpoint, None
         self.resources = resources
         self.state, self.error, self.result = "queued", None, None
         self.node: str | None = None
-        self.attempts = 0
+        self.attempts = attempts_before  # a resumed job's attempts go on counting
+        self.first_attempt = attempts_before + 1
         self.last_iteration: int | None = None
         self.events: list[dict[str, Any]] = []  # progress and log events, in order; the app copies them by index
         self.files: dict[str, bytes] | None = None
@@ -257,7 +258,7 @@ class Supervisor:
             self.attempts += 1
             previous, self.node = self.node, node
             self.state = "running"
-            if self.attempts > 1:
+            if self.attempts > self.first_attempt:
                 where = (
                     f"from the checkpoint at iteration {self.checkpoint_iteration}"
                     if self.checkpoint
@@ -335,7 +336,13 @@ class Supervisor:
 
 
 class RayChannel:
-    """A cluster job's channel (worker.JobChannel): calls to its supervisor."""
+    """A cluster job's channel (worker.JobChannel): calls to its supervisor.
+
+    Never a blocking `ray.get` on a call that is not finished: Ray lends the CPUs of a task blocked in `ray.get` to
+    other tasks, so a reporting job would let a second job onto its node (seen: three 1-CPU jobs on two 1-CPU
+    nodes). Reports are fire-and-forget; answers are polled with `ray.wait(timeout=0)`, which does not lend them."""
+
+    POLL_S = 0.01
 
     def __init__(self, supervisor: Any, run_dir: Path):
         self.supervisor, self.run_dir = supervisor, run_dir
@@ -345,9 +352,16 @@ class RayChannel:
         self._checkpoint_mtime: int | None = None
 
     def _call(self, method: str, *args: Any) -> Any:
+        """Call and wait for the answer, without lending this task's CPUs."""
         import ray
 
-        return ray.get(getattr(self.supervisor, method).remote(*args))
+        ref = getattr(self.supervisor, method).remote(*args)
+        while not ray.wait([ref], timeout=0)[0]:
+            time.sleep(self.POLL_S)
+        return ray.get(ref)
+
+    def _send(self, method: str, *args: Any) -> None:
+        getattr(self.supervisor, method).remote(*args)  # calls from one caller arrive in order
 
     def attach(self) -> int:
         import ray
@@ -365,7 +379,7 @@ class RayChannel:
 
     def progress(self, fields: dict[str, Any]) -> None:
         self.last_iteration = fields.get("iteration")
-        self._call("progress", self.attempt, fields)
+        self._send("progress", self.attempt, fields)
 
     def ship_checkpoint(self) -> None:
         """After a progress report: a checkpoint newer than the last one shipped goes to the supervisor."""
@@ -377,10 +391,10 @@ class RayChannel:
         if mtime != self._checkpoint_mtime:
             self._checkpoint_mtime = mtime
             with contextlib.suppress(OSError):
-                self._call("put_checkpoint", self.attempt, path.read_bytes(), self.last_iteration)
+                self._send("put_checkpoint", self.attempt, path.read_bytes(), self.last_iteration)
 
     def log(self, level: str, message: str) -> None:
-        self._call("log", level, message)
+        self._send("log", level, message)
 
     def finish(self, state: str, error: str | None, result: dict | None) -> bool:
         files = run_folder_files(self.run_dir, with_checkpoint=state != "succeeded")
@@ -508,7 +522,7 @@ class ClusterLauncher:
                 resources={HEAD_RESOURCE: 0.001},
                 max_concurrency=32,
             )
-            .remote(job.id, inputs, job_resources(job.spec))
+            .remote(job.id, inputs, job_resources(job.spec), job.attempts)
         )
         ray.get(supervisor.start.remote())
         self.records.log(job.id, "INFO", f"sent to the cluster at {job.launcher} ({inputs.size / 1e6:.1f} MB)")
