@@ -384,3 +384,21 @@ def test_real_defects_for_training_shown_and_chosen(workspace: Path) -> None:
         meta = project.meta()
         meta.pop("training_defects", None)
         project.save_meta(meta)
+
+
+def test_train_page_cluster_that_cannot_be_reached_is_a_warning(workspace: Path) -> None:
+    """Run on: Cluster with an address where nothing listens says so at once (no hang, no traceback); the device
+    choice becomes the node's (auto / cuda / cpu)."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    at = run_page("3_train.py")
+    at.radio(key="train_where").set_value("Cluster")
+    at.run()
+    at.text_input(key="train_cluster").set_value(f"ray://127.0.0.1:{port}")
+    at.run()
+    assert not at.exception
+    assert any("cannot reach the cluster" in w.value for w in at.warning)
+    assert at.selectbox(key="train_device").options == ["auto", "cuda", "cpu"]

@@ -170,6 +170,39 @@ def test_a_job_outlives_the_app_that_sent_it(cluster, tmp_path: Path, data_dir: 
     assert (job.run_dir / "model.pt").is_file()
 
 
+def test_train_page_sends_a_run_to_the_cluster_and_shows_where_it_ran(
+    cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from recon_core.demo import ensure_demo
+
+    ensure_demo(tmp_path / "ws")
+    monkeypatch.setenv("RECON_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.chdir(REPO)
+    at = AppTest.from_file(str(REPO / "app_pages" / "3_train.py"), default_timeout=120)
+    at.run()
+    at.radio(key="train_where").set_value("Cluster")
+    at.run()
+    at.text_input(key="train_cluster").set_value(cluster.address)
+    at.run()
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    assert any("2 worker node(s)" in c.value for c in at.caption)
+    at.radio(key="budget_kind").set_value("iterations")
+    at.run()
+    at.number_input(key="budget_iterations").set_value(5)
+    at.button(key="start_training").click()
+    at.run()
+    assert not at.exception and "Queued job" in at.success[0].value
+    store = JobStore(tmp_path / "ws")
+    job = store.list_jobs("demo")[0]
+    assert job.on_cluster
+    done = wait_for(store, job.id, lambda j: not j.is_active)
+    assert done.state == "succeeded", store.logs(job.id)
+    at.run()
+    assert any("Runs on cluster node" in c.value for c in at.caption)
+
+
 def test_a_lost_node_costs_at_most_one_checkpoint_interval(cluster, tmp_path: Path, data_dir: Path) -> None:
     every = 20
     store = JobStore(tmp_path / "ws")

@@ -461,6 +461,7 @@ def connect(address: str) -> None:
         if current not in (None, address):
             raise ConfigError(f"this process follows the cluster at {current}; it cannot also use {address}")
         return
+    _check_reachable(address)
     package = str(Path(__file__).resolve().parents[1])  # recon_core, shipped to the nodes with every job
     try:
         ray.init(
@@ -474,6 +475,19 @@ def connect(address: str) -> None:
     except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError from Ray
         raise ReconError(f"cannot reach the cluster at {address}: {exc}") from exc
     connect.address = address  # type: ignore[attr-defined]
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """A quick TCP connect first: Ray itself retries an unreachable address for a long time."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise ReconError(f"cannot reach the cluster at {address} ({reason}); is it started?") from exc
 
 
 def cluster_resources(address: str) -> dict[str, Any]:
