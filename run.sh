@@ -4,6 +4,7 @@
 #   bash run.sh test   set up (first time only) and run lint + the whole test suite (what CI runs)
 #   bash run.sh setup  only create/refresh the Python environment
 #   bash run.sh cli …  run the command-line interface (python -m recon_core …) inside the environment
+#   bash run.sh cluster start|status|stop   a local Ray cluster (head + worker nodes) for cluster jobs
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
@@ -66,6 +67,9 @@ case "$cmd" in
   cli)
     setup_env
     exec python -m recon_core "$@" ;;
+  cluster)
+    setup_env
+    exec bash scripts/ray_cluster.sh "$@" ;;
   *)
-    echo "usage: bash run.sh [app|test|setup|cli ...]" >&2; exit 2 ;;
+    echo "usage: bash run.sh [app|test|setup|cli ...|cluster ...]" >&2; exit 2 ;;
 esac

@@ -103,7 +103,7 @@ def run_on() -> str | None:
         return None
     address = st.text_input(
         "Cluster address",
-        value=default or "ray://127.0.0.1:10001",
+        value=default or "127.0.0.1:6379",
         key="train_cluster",
         help="A Ray cluster: ray://head:10001 (Ray Client) or head:6379 when this machine is a node. The job's images "
         "go with it; the model comes back into this project's runs.",
@@ -112,7 +112,7 @@ def run_on() -> str | None:
     try:
         info = cluster_resources(address)
     except ReconError as exc:
-        st.warning(f"{exc}. Start it with scripts/ray_cluster.sh (README: Training on a cluster).")
+        st.warning(f"{exc}. To start one on this machine: `bash run.sh cluster start` (README, cluster section).")
         return address
     st.caption(
         f"{info['workers']} worker node(s) · CPUs {info['free_cpus']:g} free of {info['cpus']:g} · "
