@@ -14,7 +14,6 @@ from recon_core.jobs.records import (
     STATES,
     TERMINAL_STATES,
     Job,
-    JobQueue,
     default_workspace,
     format_duration,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "STATES",
     "TERMINAL_STATES",
     "Job",
-    "JobQueue",
     "JobStore",
     "default_workspace",
     "device_slot",

@@ -46,7 +46,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from recon_core.errors import ConfigError, ReconError
 
@@ -280,26 +280,6 @@ def format_duration(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-class JobQueue(Protocol):
-    """What the app and CLI need from the job system (`store.JobStore`, whichever launcher runs a job)."""
-
-    def submit(self, spec: Any, project: str | None = None, priority: str = "normal") -> str: ...
-    def list_jobs(self, project: str | None = None) -> list[Job]: ...
-    def peek(self, job_id: str) -> Job:
-        """The job as recorded, without bringing the records up to date first."""
-        row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            raise ReconError(f"no job {job_id!r} in {self.db_path}")
-        return self._row_to_job(row)
-
-    def get(self, job_id: str) -> Job: ...
-    def cancel(self, job_id: str) -> Job: ...
-    def resume(self, job_id: str) -> Job: ...
-    def delete(self, job_id: str) -> None: ...
-    def progress_rows(self, job_id: str, since_id: int = 0) -> list[dict[str, Any]]: ...
-    def logs(self, job_id: str, tail: int | None = None) -> str: ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
