@@ -187,9 +187,12 @@ def test_demo_queues_one_short_run_and_never_a_second(tmp_path: Path, monkeypatc
     from recon_core.jobs import JobStore
 
     monkeypatch.setattr(JobStore, "kick", lambda self: [])  # queue only: no worker process in a unit test
+    # a cluster set for the user's runs does not take the demo run off this machine (it was refused as a
+    # background job on a cluster, which broke `run.sh app` with RECON_CLUSTER set)
+    monkeypatch.setenv("RECON_CLUSTER", "127.0.0.1:1")
     args = ["demo", "--workspace", str(tmp_path), "--quiet", "--train", "5", "--preset", "cpu-fast"]
     assert main(args) == 0
     assert main(args) == 0  # `run.sh app` again (a restarted app): the queued run is enough
     jobs = JobStore(tmp_path, autostart=False).list_jobs(project="demo")
-    assert [j.state for j in jobs] == ["queued"]
+    assert [j.state for j in jobs] == ["queued"] and not jobs[0].on_cluster
     assert (jobs[0].spec["model"], jobs[0].spec["preset"], jobs[0].spec["iterations"]) == ("draem", "cpu-fast", 5)

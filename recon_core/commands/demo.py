@@ -42,7 +42,8 @@ def _queue_demo_run(project: Project, args: argparse.Namespace) -> None:
         synth=project.load_synth(),
         name="demo",
     )
-    job_id = store.submit(spec, project=project.name, priority="background")  # the user's runs go first
+    # the user's runs go first; always on this machine, even when $RECON_CLUSTER sends the user's runs elsewhere
+    job_id = store.submit(spec, project=project.name, priority="background", cluster="local")
     if not args.quiet:
         print(f"queued demo run {job_id} ({args.model}, {args.train} iterations, background: your runs go first)")
 
