@@ -14,13 +14,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from test_jobs import data_dir, make_spec  # noqa: F401 - the same tiny DRAEM on six striped images as local jobs
 
 from recon_core.jobs import JobStore
 
-TINY = {"image_size": 32, "recon_width": 8, "disc_width": 8, "recon_depth": 3, "disc_depth": 3, "batch_size": 2}
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 180.0
 
@@ -48,34 +46,7 @@ def cluster() -> Iterator[object]:
         c.stop()
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "good"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    xx = np.mgrid[0:48, 0:48][1] / 48
-    for i in range(6):
-        base = 0.5 + 0.2 * np.sin(2 * np.pi * (4 * xx + rng.uniform(0, 0.3)))
-        img = np.stack([base, 0.8 * base, np.full_like(base, 0.3)], -1) + rng.normal(0, 0.02, (48, 48, 3))
-        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
-    return folder
-
-
-def make_spec(data: Path, iterations: int, checkpoint_every: int = 10, seed: int = 0):
-    from recon_core.runs import RunSpec
-
-    return RunSpec(
-        data=str(data),
-        model="draem",
-        model_overrides=dict(TINY),
-        iterations=iterations,
-        checkpoint_every=checkpoint_every,
-        device="cpu",
-        seed=seed,
-    )
-
-
-def wait_for(store: JobStore, job_id: str, done, timeout: float = WAIT_S):
+def wait_job(store: JobStore, job_id: str, done, timeout: float = WAIT_S):
     deadline = time.time() + timeout
     while time.time() < deadline:
         job = store.get(job_id)
@@ -86,7 +57,9 @@ def wait_for(store: JobStore, job_id: str, done, timeout: float = WAIT_S):
 
 
 def test_jobs_run_on_the_nodes_with_their_own_data_and_come_back_like_local_runs(
-    cluster, tmp_path: Path, data_dir: Path
+    cluster,
+    tmp_path: Path,
+    data_dir: Path,  # noqa: F811
 ) -> None:
     from recon_core.config import load_json
     from recon_core.runs import execute_run
@@ -95,7 +68,7 @@ def test_jobs_run_on_the_nodes_with_their_own_data_and_come_back_like_local_runs
     ids = [store.submit(make_spec(data_dir, 40, seed=s), project="p", cluster=cluster.address) for s in (0, 1, 2)]
     moved = data_dir.with_name("moved-away")
     data_dir.rename(moved)  # the jobs must not read the project's folder by path: their data went with them
-    jobs = [wait_for(store, i, lambda j: not j.is_active) for i in ids]
+    jobs = [wait_job(store, i, lambda j: not j.is_active) for i in ids]
     for job in jobs:
         assert job.state == "succeeded", store.logs(job.id)
         assert job.on_cluster and job.host, job.where
@@ -115,41 +88,43 @@ def test_jobs_run_on_the_nodes_with_their_own_data_and_come_back_like_local_runs
 
 
 def test_cancel_queued_and_running_jobs_then_resume_from_the_checkpoint(
-    cluster, tmp_path: Path, data_dir: Path
+    cluster,
+    tmp_path: Path,
+    data_dir: Path,  # noqa: F811
 ) -> None:
     store = JobStore(tmp_path / "ws")
     ids = [store.submit(make_spec(data_dir, 3000), project="p", cluster=cluster.address) for _ in range(3)]
-    running = [wait_for(store, i, lambda j: (j.iteration or 0) >= 20) for i in ids[:2]]
+    running = [wait_job(store, i, lambda j: (j.iteration or 0) >= 20) for i in ids[:2]]
     queued = store.get(ids[2])
     assert queued.state == "queued" and "cluster" in (queued.waiting_for or "")  # two nodes, one CPU each
     assert store.cancel(queued.id).state == "cancelled"  # at once
     store.cancel(running[0].id)
-    stopped = wait_for(store, running[0].id, lambda j: not j.is_active, timeout=60)
+    stopped = wait_job(store, running[0].id, lambda j: not j.is_active, timeout=60)
     assert stopped.state == "cancelled", store.logs(stopped.id)
     assert (stopped.run_dir / "checkpoint.pt").is_file()  # the last checkpoint came back for a resume
     store.cancel(running[1].id)
-    wait_for(store, running[1].id, lambda j: not j.is_active, timeout=60)
+    wait_job(store, running[1].id, lambda j: not j.is_active, timeout=60)
     stopped_at = stopped.iteration
     store.resume(stopped.id)
 
     def new_attempt_reported(job) -> bool:
         return any(r["attempt"] > stopped.attempts for r in store.progress_rows(job.id))
 
-    resumed = wait_for(store, stopped.id, new_attempt_reported)
+    resumed = wait_job(store, stopped.id, new_attempt_reported)
     first_new = next(r for r in store.progress_rows(stopped.id) if r["attempt"] > stopped.attempts)
     assert first_new["iteration"] >= stopped_at, (stopped_at, first_new)  # continued, not restarted
     store.cancel(resumed.id)
-    wait_for(store, resumed.id, lambda j: not j.is_active, timeout=60)
+    wait_job(store, resumed.id, lambda j: not j.is_active, timeout=60)
     assert store.get(queued.id).state == "cancelled" and not (queued.run_dir / "model.pt").exists()
 
 
-def test_a_job_outlives_the_app_that_sent_it(cluster, tmp_path: Path, data_dir: Path) -> None:
+def test_a_job_outlives_the_app_that_sent_it(cluster, tmp_path: Path, data_dir: Path) -> None:  # noqa: F811
     """The 'app' is another process: it submits and exits; a new one finds the job still tracked and finishing."""
     ws = tmp_path / "ws"
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])\n"
         "from recon_core.jobs import JobStore\n"
-        "from test_cluster_jobs import make_spec\n"
+        "from test_jobs import make_spec\n"
         "from pathlib import Path\n"
         "s = JobStore(sys.argv[3])\n"
         "print(s.submit(make_spec(Path(sys.argv[4]), 150), project='p', cluster=sys.argv[5]))\n"
@@ -165,7 +140,7 @@ def test_a_job_outlives_the_app_that_sent_it(cluster, tmp_path: Path, data_dir: 
     assert out.returncode == 0, out.stderr[-3000:]
     job_id = out.stdout.strip().splitlines()[-1]
     store = JobStore(ws)  # the restarted app
-    job = wait_for(store, job_id, lambda j: not j.is_active)
+    job = wait_job(store, job_id, lambda j: not j.is_active)
     assert job.state == "succeeded", store.logs(job_id)
     assert (job.run_dir / "model.pt").is_file()
 
@@ -197,21 +172,25 @@ def test_train_page_sends_a_run_to_the_cluster_and_shows_where_it_ran(
     store = JobStore(tmp_path / "ws")
     job = store.list_jobs("demo")[0]
     assert job.on_cluster
-    done = wait_for(store, job.id, lambda j: not j.is_active)
+    done = wait_job(store, job.id, lambda j: not j.is_active)
     assert done.state == "succeeded", store.logs(job.id)
     at.run()
     assert any("Runs on cluster node" in c.value for c in at.caption)
 
 
-def test_a_lost_node_costs_at_most_one_checkpoint_interval(cluster, tmp_path: Path, data_dir: Path) -> None:
+def test_a_lost_node_costs_at_most_one_checkpoint_interval(
+    cluster,
+    tmp_path: Path,
+    data_dir: Path,  # noqa: F811
+) -> None:
     every = 20
     store = JobStore(tmp_path / "ws")
     job_id = store.submit(make_spec(data_dir, 400, checkpoint_every=every), project="p", cluster=cluster.address)
-    job = wait_for(store, job_id, lambda j: (j.iteration or 0) >= 3 * every + 5)
+    job = wait_job(store, job_id, lambda j: (j.iteration or 0) >= 3 * every + 5)
     node = next(n for n in cluster.worker_nodes() if job.host.endswith(n.node_id[:8]))
     cluster.kill_node(node.node_id)
     lost_at = store.get(job_id).iteration
-    done = wait_for(store, job_id, lambda j: not j.is_active)
+    done = wait_job(store, job_id, lambda j: not j.is_active)
     assert done.state == "succeeded", store.logs(job_id)
     assert done.attempts == 2 and not done.host.endswith(node.node_id[:8])
     assert "attempt 2 on node" in store.logs(job_id)

@@ -874,28 +874,9 @@ class JobRecords:
 
     def record_progress(self, job_id: str, pid: int | None, attempt: int, fields: dict[str, Any]) -> None:
         """One progress row and the job's latest progress (fields: stage, iteration, total_iterations, losses
-        (dict), images_per_s, elapsed_s, eta_s, lr; t optional)."""
-        now = float(fields.get("t") or time.time())
-        values = (
-            fields.get("stage"),
-            fields.get("iteration"),
-            fields.get("total_iterations"),
-            json.dumps({k: float(v) for k, v in (fields.get("losses") or {}).items()}),
-            fields.get("images_per_s"),
-            fields.get("elapsed_s"),
-            fields.get("eta_s"),
-        )
+        (dict), images_per_s, elapsed_s, eta_s, lr; t optional), while `pid` owns the running job."""
         with self._write() as c:
-            c.execute(
-                "INSERT INTO progress(job_id, attempt, t, stage, iteration, total_iterations, losses,"
-                " images_per_s, elapsed_s, eta_s, lr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, attempt, now, *values, fields.get("lr")),
-            )
-            c.execute(
-                "UPDATE jobs SET stage=?, iteration=?, total_iterations=?, losses=?, images_per_s=?, elapsed_s=?,"
-                " eta_s=?, heartbeat_at=? WHERE id=? AND state='running' AND pid IS ?",
-                (*values, time.time(), job_id, pid),
-            )
+            _write_progress(c, job_id, attempt, fields, "pid IS ?", (pid,))
 
     def finish(self, job_id: str, pid: int | None, state: str, error: str | None, result: dict | None) -> bool:
         """The running job ends in `state`; False when the row is no longer this worker's."""
@@ -953,27 +934,8 @@ class JobRecords:
                         "INSERT INTO logs(job_id, t, level, message) VALUES (?, ?, ?, ?)",
                         (job_id, event["t"], event["level"], _storable(event["message"])),
                     )
-                elif event["kind"] == "progress":
-                    f = event["fields"]
-                    values = (
-                        f.get("stage"),
-                        f.get("iteration"),
-                        f.get("total_iterations"),
-                        json.dumps(f.get("losses") or {}),
-                        f.get("images_per_s"),
-                        f.get("elapsed_s"),
-                        f.get("eta_s"),
-                    )
-                    c.execute(
-                        "INSERT INTO progress(job_id, attempt, t, stage, iteration, total_iterations, losses,"
-                        " images_per_s, elapsed_s, eta_s, lr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (job_id, event["attempt"], f.get("t") or event["t"], *values, f.get("lr")),
-                    )
-                    c.execute(
-                        "UPDATE jobs SET stage=?, iteration=?, total_iterations=?, losses=?, images_per_s=?,"
-                        " elapsed_s=?, eta_s=?, heartbeat_at=? WHERE id=? AND state='running'",
-                        (*values, event["t"], job_id),
-                    )
+                elif event["kind"] == "progress":  # no pid: the cluster's supervisor vouches for the attempt
+                    _write_progress(c, job_id, event["attempt"], {"t": event["t"], **event["fields"]}, "1", ())
             c.execute(
                 "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", (key, str(max(done, cursor + len(events))))
             )
@@ -1001,3 +963,29 @@ class JobRecords:
     def forget_cursor(self, job_id: str) -> None:
         with self._write() as c:
             c.execute("DELETE FROM settings WHERE key=?", (f"cursor:{job_id}",))
+
+
+def _write_progress(
+    c: sqlite3.Connection, job_id: str, attempt: int, fields: dict[str, Any], owner: str, owner_params: tuple
+) -> None:
+    """Inside a write transaction: a progress row, and the running job's latest progress where `owner` (an SQL
+    condition on the job row) holds."""
+    values = (
+        fields.get("stage"),
+        fields.get("iteration"),
+        fields.get("total_iterations"),
+        json.dumps({k: float(v) for k, v in (fields.get("losses") or {}).items()}),
+        fields.get("images_per_s"),
+        fields.get("elapsed_s"),
+        fields.get("eta_s"),
+    )
+    c.execute(
+        "INSERT INTO progress(job_id, attempt, t, stage, iteration, total_iterations, losses,"
+        " images_per_s, elapsed_s, eta_s, lr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job_id, attempt, float(fields.get("t") or time.time()), *values, fields.get("lr")),
+    )
+    c.execute(
+        "UPDATE jobs SET stage=?, iteration=?, total_iterations=?, losses=?, images_per_s=?, elapsed_s=?,"
+        f" eta_s=?, heartbeat_at=? WHERE id=? AND state='running' AND {owner}",
+        (*values, time.time(), job_id, *owner_params),
+    )
