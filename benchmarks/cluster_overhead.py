@@ -58,7 +58,7 @@ SENT_RE = re.compile(r"sent to the cluster at \S+ \(([\d.]+) MB\)")
 
 
 def make_tiny_data(folder: Path) -> Path:
-    """The 6 generated 48x48 PNGs of the job tests (tests/test_jobs.py `data_dir`, a copy: benchmarks do not import tests)."""
+    """The 6 generated 48x48 PNGs of tests/test_jobs.py `data_dir` (a copy: benchmarks do not import tests)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     xx = np.mgrid[0:48, 0:48][1] / 48
