@@ -192,9 +192,15 @@ class LoopbackCluster:
             timeout=timeout,
         )
 
+    def client_env(self) -> dict[str, str]:
+        """What a client of this cluster needs in its environment (ray_cluster.sh: one auth token per cluster)."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.temp_dir / "auth_token")}
+
     def stop(self) -> None:
         self._gcs = None
         self._script("stop", timeout=60)
+        for key in self.client_env():
+            os.environ.pop(key, None)
 
     def __enter__(self) -> LoopbackCluster:
         return self
@@ -259,4 +265,5 @@ def start_cluster(
     if res.returncode != 0:
         cluster.stop()
         raise RuntimeError(f"Ray cluster did not start (rc {res.returncode}):\n{res.stdout}\n{res.stderr[-4000:]}")
+    os.environ.update(cluster.client_env())  # this process (and what it starts) talks to the cluster
     return cluster

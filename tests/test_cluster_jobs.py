@@ -77,6 +77,13 @@ def test_jobs_run_on_the_nodes_with_their_own_data_and_come_back_like_local_runs
         rows = store.progress_rows(job.id)
         assert rows and rows[-1]["iteration"] == 40  # progress came back while it ran
     assert len({j.host for j in jobs}) == 2, [j.where for j in jobs]  # both worker nodes took jobs
+    # one 1-CPU job at a time per 1-CPU node: a job waiting for its supervisor must not lend its CPU to another
+    spans = {j.id: (store.progress_rows(j.id)[0]["t"], store.progress_rows(j.id)[-1]["t"]) for j in jobs}
+    for a in jobs:
+        for b in jobs:
+            if a.id < b.id and a.host == b.host:
+                (a0, a1), (b0, b1) = spans[a.id], spans[b.id]
+                assert a1 <= b0 or b1 <= a0, f"jobs {a.id} and {b.id} trained at once on {a.host}: {spans}"
     # the same spec run here, on one thread like the nodes, gives the same model and scores
     moved.rename(data_dir)
     local = execute_run(make_spec(data_dir, 40, seed=0), tmp_path / "local-run")
@@ -176,6 +183,39 @@ def test_train_page_sends_a_run_to_the_cluster_and_shows_where_it_ran(
     assert done.state == "succeeded", store.logs(job.id)
     at.run()
     assert any("Runs on cluster node" in c.value for c in at.caption)
+
+
+def test_a_job_waiting_for_its_supervisor_keeps_its_cpu(cluster) -> None:
+    """RayChannel's answers are awaited off the task's main thread: Ray lends the CPU of a task blocked in `ray.get`
+    or `ray.wait` there, which let a queued 1-CPU job start beside a running one on a 1-CPU node (measured: with
+    `ray.wait(timeout=0)` polling the second task started 1 s into the first)."""
+    import ray
+
+    from recon_core.jobs.cluster import HEAD_RESOURCE, RayChannel, connect
+
+    connect(cluster.address)
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def ping(self) -> float:
+            return time.time()
+
+    @ray.remote(num_cpus=1)
+    def asks_all_the_time(echo, seconds: float) -> tuple[float, float]:
+        start = time.time()
+        channel = RayChannel(echo, Path())
+        while time.time() - start < seconds:
+            channel._call("ping")
+            spin = time.time()
+            while time.time() - spin < 0.02:
+                pass
+        return start, time.time()
+
+    echo = Echo.options(resources={HEAD_RESOURCE: 0.001}).remote()
+    spans = sorted(ray.get([asks_all_the_time.remote(echo, 3.0) for _ in range(3)], timeout=120))
+    # two 1-CPU worker nodes: the third task may start only once one of the first two has ended
+    assert spans[2][0] >= min(spans[0][1], spans[1][1]) - 0.05, spans
+    ray.kill(echo)
 
 
 def test_a_lost_node_costs_at_most_one_checkpoint_interval(

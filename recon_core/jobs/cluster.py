@@ -25,6 +25,7 @@ nodes need the project's Python environment (requirements.txt), nothing else.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import io
@@ -342,11 +343,10 @@ class Supervisor:
 class RayChannel:
     """A cluster job's channel (worker.JobChannel): calls to its supervisor.
 
-    Never a blocking `ray.get` on a call that is not finished: Ray lends the CPUs of a task blocked in `ray.get` to
-    other tasks, so a reporting job would let a second job onto its node (seen: three 1-CPU jobs on two 1-CPU
-    nodes). Reports are fire-and-forget; answers are polled with `ray.wait(timeout=0)`, which does not lend them."""
-
-    POLL_S = 0.01
+    Never a blocking `ray.get` or `ray.wait` in the task's main thread: Ray lends the CPUs of a task blocked there
+    to other tasks, so a reporting job would let a second job onto its node (seen: three 1-CPU jobs on two 1-CPU
+    nodes; `ray.wait(timeout=0)` polling lends them too, measured in /notes/cluster.md). Reports are
+    fire-and-forget; answers are awaited on a helper thread, whose blocking calls Ray does not count."""
 
     def __init__(self, supervisor: Any, run_dir: Path):
         self.supervisor, self.run_dir = supervisor, run_dir
@@ -361,9 +361,7 @@ class RayChannel:
         import ray
 
         ref = getattr(self.supervisor, method).remote(*args)
-        while not ray.wait([ref], timeout=0)[0]:
-            time.sleep(self.POLL_S)
-        return ray.get(ref)
+        return _answer_thread().submit(ray.get, ref).result()
 
     def _send(self, method: str, *args: Any) -> None:
         getattr(self.supervisor, method).remote(*args)  # calls from one caller arrive in order
@@ -411,6 +409,12 @@ class RayChannel:
 
     def requeue(self) -> bool:  # the cluster's scheduler has no background jobs to pause
         return False
+
+
+@cache
+def _answer_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """Where a training task waits for its supervisor's answers (see RayChannel)."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recon-cluster-answers")
 
 
 def train_on_node(supervisor: Any, job_id: str) -> int:
