@@ -70,10 +70,12 @@ system_config="${RECON_RAY_SYSTEM_CONFIG:-$fast_health}"
 export RAY_USAGE_STATS_ENABLED=0
 # Token authentication (Ray >= 2.52; on by default for new local clusters from 2.59, for all from 2.61). Every node
 # and every client must agree on the mode and the token, or a worker node's `ray start` is refused ("InvalidAuthToken",
-# seen with 2.60 when the mode was left to Ray's default). So the mode is set explicitly, with one token per cluster in
-# $tmp/auth_token; `start` prints the two variables a client (the app, `jobs`) needs. Older Rays ignore both.
+# seen with 2.60 when the mode was left to Ray's default). So the mode is set explicitly; the token is the file named
+# by RAY_AUTH_TOKEN_PATH when set (made if missing), else one per cluster in $tmp/auth_token. `start` prints the two
+# variables a client (the app, `jobs`) must have in its environment *before* it imports Ray (read once per process).
+# Older Rays ignore both.
 export RAY_AUTH_MODE=token
-export RAY_AUTH_TOKEN_PATH="$tmp/auth_token"
+export RAY_AUTH_TOKEN_PATH="${RAY_AUTH_TOKEN_PATH:-$tmp/auth_token}"
 
 # Live (non-zombie) pids of this cluster, or of one node: the processes in the sessions recorded under $tmp/nodes.
 # (Ray's processes rename themselves, ray::IDLE etc., and overwrite their /proc environ, so neither command line nor
@@ -166,7 +168,8 @@ case "$cmd" in
         echo "ray_cluster.sh: $tmp exists and is not ours; set RECON_RAY_TMP or remove it" >&2; exit 1; fi
     fi
     mkdir -p "$tmp/nodes" && touch "$tmp/.recon-ray"
-    (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$RAY_AUTH_TOKEN_PATH")
+    [ -s "$RAY_AUTH_TOKEN_PATH" ] \
+      || (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$RAY_AUTH_TOKEN_PATH")
     osm=$((object_store_mb * 1024 * 1024))
     t0=$EPOCHREALTIME
     common=(--node-ip-address "$node_ip" --temp-dir "$tmp" --object-store-memory "$osm" --disable-usage-stats

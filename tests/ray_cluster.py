@@ -192,15 +192,9 @@ class LoopbackCluster:
             timeout=timeout,
         )
 
-    def client_env(self) -> dict[str, str]:
-        """What a client of this cluster needs in its environment (ray_cluster.sh: one auth token per cluster)."""
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.temp_dir / "auth_token")}
-
     def stop(self) -> None:
         self._gcs = None
         self._script("stop", timeout=60)
-        for key in self.client_env():
-            os.environ.pop(key, None)
 
     def __enter__(self) -> LoopbackCluster:
         return self
@@ -241,6 +235,8 @@ def start_cluster(
     require_loopback_namespace: bool = True,
 ) -> LoopbackCluster:
     """Start head + `workers` worker nodes (separate `ray start` processes) and wait until all are alive."""
+    if not os.environ.get("RAY_AUTH_TOKEN_PATH"):  # conftest.py sets it before this process imports Ray
+        raise RuntimeError("RAY_AUTH_TOKEN_PATH is not set: the cluster and this process must share a token")
     if require_loopback_namespace and not in_loopback_namespace():
         raise RuntimeError(
             "refusing to start a Ray cluster outside a loopback-only network namespace; run under "
@@ -265,5 +261,4 @@ def start_cluster(
     if res.returncode != 0:
         cluster.stop()
         raise RuntimeError(f"Ray cluster did not start (rc {res.returncode}):\n{res.stdout}\n{res.stderr[-4000:]}")
-    os.environ.update(cluster.client_env())  # this process (and what it starts) talks to the cluster
     return cluster

@@ -185,6 +185,18 @@ def test_train_page_sends_a_run_to_the_cluster_and_shows_where_it_ran(
     assert any("Runs on cluster node" in c.value for c in at.caption)
 
 
+def test_an_app_with_the_wrong_ray_token_is_told_what_to_set(cluster, tmp_path: Path) -> None:
+    wrong = tmp_path / "token"
+    wrong.write_text("0" * 64 + "\n")
+    code = "import sys; from recon_core.jobs.cluster import connect; connect(sys.argv[1])"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, cluster.address], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode != 0
+    assert "refused this app's Ray token" in out.stderr and "RAY_AUTH_TOKEN_PATH" in out.stderr, out.stderr[-2000:]
+
+
 def test_a_job_waiting_for_its_supervisor_keeps_its_cpu(cluster) -> None:
     """RayChannel's answers are awaited off the task's main thread: Ray lends the CPU of a task blocked in `ray.get`
     or `ray.wait` there, which let a queued 1-CPU job start beside a running one on a 1-CPU node (measured: with

@@ -486,8 +486,23 @@ def connect(address: str) -> None:
             configure_logging=False,
         )
     except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError from Ray
+        if _about_auth(exc):
+            raise ReconError(
+                f"the cluster at {address} refused this app's Ray token: start the app with RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN_PATH set to the cluster's token file (`bash run.sh cluster start` prints both)"
+            ) from exc
         raise ReconError(f"cannot reach the cluster at {address}: {exc}") from exc
     connect.address = address  # type: ignore[attr-defined]
+
+
+def _about_auth(exc: BaseException) -> bool:
+    """Whether Ray refused the connection for its token (the AuthenticationError sits in the exception's chain)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "InvalidAuthToken" in str(seen) or "Authentication" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
