@@ -46,6 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # ray_cluster.py: the loopback cluster helper the tests use
 
+from ray_cluster import use_session_auth_token  # noqa: E402
+
+use_session_auth_token()  # before anything imports Ray
+
 TINY = {"image_size": 32, "recon_width": 8, "disc_width": 8, "recon_depth": 3, "disc_depth": 3, "batch_size": 2}
 POLL_S = 0.2
 JOB_TIMEOUT_S = 600.0

@@ -16,21 +16,10 @@ SHARED_DATA = Path(os.environ.get("RECON_SHARED_DATA", Path(__file__).resolve().
 
 
 def pytest_configure(config):
-    """Ray token authentication for the test clusters (tests/ray_cluster.py), set before anything imports Ray: a
-    process reads RAY_AUTH_MODE once, so setting it when the cluster starts was too late for a test process in which
-    an earlier test had already imported Ray (the whole suite failed to connect; the cluster tests alone passed).
-    One token for the session, in a private file that scripts/ray_cluster.sh then uses instead of making its own."""
-    import secrets
-    import tempfile
+    """Ray's token for the test clusters, before any test imports Ray (ray_cluster.use_session_auth_token)."""
+    from ray_cluster import use_session_auth_token
 
-    if os.environ.get("RAY_AUTH_TOKEN_PATH") or os.environ.get("RAY_AUTH_TOKEN"):
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        return
-    folder = Path(tempfile.mkdtemp(prefix="recon-ray-auth-"))
-    token = folder / "auth_token"
-    token.write_text(secrets.token_hex(32) + "\n")
-    token.chmod(0o600)
-    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+    use_session_auth_token()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -34,6 +34,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "ray_cluster.sh"
 
 
+def use_session_auth_token() -> None:
+    """Ray token authentication for clusters this process starts, set before anything imports Ray: a process reads
+    RAY_AUTH_MODE once, so setting it when the cluster starts was too late for a test process in which an earlier
+    test had already imported Ray (the whole suite failed to connect; the cluster tests alone passed). One token per
+    process, in a private file, which scripts/ray_cluster.sh then uses instead of making its own."""
+    import secrets
+    import tempfile
+
+    if os.environ.get("RAY_AUTH_TOKEN_PATH") or os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        return
+    token = Path(tempfile.mkdtemp(prefix="recon-ray-auth-")) / "auth_token"
+    token.write_text(secrets.token_hex(32) + "\n")
+    token.chmod(0o600)
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+
+
 def in_loopback_namespace() -> bool:
     """True when this process's network namespace has no interface but `lo`.
 
@@ -235,7 +252,7 @@ def start_cluster(
     require_loopback_namespace: bool = True,
 ) -> LoopbackCluster:
     """Start head + `workers` worker nodes (separate `ray start` processes) and wait until all are alive."""
-    if not os.environ.get("RAY_AUTH_TOKEN_PATH"):  # conftest.py sets it before this process imports Ray
+    if not os.environ.get("RAY_AUTH_TOKEN_PATH"):  # use_session_auth_token(), before this process imports Ray
         raise RuntimeError("RAY_AUTH_TOKEN_PATH is not set: the cluster and this process must share a token")
     if require_loopback_namespace and not in_loopback_namespace():
         raise RuntimeError(
