@@ -184,6 +184,19 @@ def test_cancel_stops_within_seconds_and_keeps_checkpoint(workspace: Path, data_
     print(f"cancel latency {latency:.2f} s")
 
 
+def test_sigterm_interrupts_a_job_it_does_not_cancel_it(workspace: Path, data_dir: Path) -> None:
+    """A shutdown or `kill` of a worker is not the user's cancel: the job says interrupted (resumable), with why.
+    (It used to say 'cancelled', as if someone had pressed Cancel.)"""
+    store = JobStore(workspace)
+    job_id = store.submit(make_spec(data_dir, iterations=3000))
+    job = wait_iteration(store, job_id, CHECKPOINT_EVERY + 3)
+    os.kill(job.pid, signal.SIGTERM)
+    job = wait_done(store, job_id, timeout=30)
+    assert job.state == "interrupted", (job.state, job.error, store.logs(job_id))
+    assert "SIGTERM" in job.error and "not a cancel" in job.error and "resume" in job.error
+    assert (job.run_dir / "checkpoint.pt").is_file()
+
+
 def test_sigkill_then_resume_reaches_full_count(workspace: Path, data_dir: Path) -> None:
     total = 60
     store = JobStore(workspace)

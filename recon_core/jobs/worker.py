@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -119,6 +120,7 @@ class JobRunner:
         self.channel, self.job_id = channel, job_id
         self.on_progress = on_progress  # called after each progress report (the cluster ships checkpoints here)
         self.stop = threading.Event()  # set by cancel, SIGTERM/SIGINT, or losing ownership of the job
+        self.signalled: str | None = None  # the signal that stopped the worker (a shutdown or kill, not a cancel)
         self.done = threading.Event()
         self._last_write = 0.0
         self._pending: Any = None
@@ -196,6 +198,13 @@ class JobRunner:
                 if self.channel.requeue():
                     log.info("job %s: paused for another job; queued again, resumes from its checkpoint", self.job_id)
                 return 0
+            if self.signalled and not self.channel.flags()[0]:  # nobody cancelled it: the machine or a person
+                self.finish(  # stopped the worker, so it is resumable work, not a user's decision
+                    "interrupted",
+                    f"the worker was stopped by {self.signalled} (a shutdown or kill, not a cancel) at "
+                    f"{_where(exc)}; the checkpoint is kept, resume to continue",
+                )
+                return 0
             self.finish("cancelled", str(exc) or "cancelled; last checkpoint kept")
             return 0
         except ReconError as exc:
@@ -213,6 +222,12 @@ class JobRunner:
             log.info("cancel arrived after training finished; keeping the finished result")
         self.finish("succeeded", None, result_dict(result))
         return 0
+
+
+def _where(exc: TrainingCancelled) -> str:
+    """'iteration 79/300' out of the loop's cancel message, else 'its last iteration'."""
+    found = re.search(r"iteration \d+(/\d+)?", str(exc))
+    return found.group(0) if found else "its last iteration"
 
 
 def describe_unexpected(exc: BaseException) -> str:
@@ -313,6 +328,7 @@ def run_worker(workspace: str | os.PathLike, job_id: str) -> int:
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received signal %d: stopping after the current iteration", signum)
+        runner.signalled = signal.Signals(signum).name
         runner.stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
