@@ -78,7 +78,8 @@ def test_jobs_run_on_the_nodes_with_their_own_data_and_come_back_like_local_runs
         assert rows and rows[-1]["iteration"] == 40  # progress came back while it ran
     assert len({j.host for j in jobs}) == 2, [j.where for j in jobs]  # both worker nodes took jobs
     # one 1-CPU job at a time per 1-CPU node: a job waiting for its supervisor must not lend its CPU to another
-    spans = {j.id: (store.progress_rows(j.id)[0]["t"], store.progress_rows(j.id)[-1]["t"]) for j in jobs}
+    times = {j.id: [r["t"] for r in store.progress_rows(j.id)] for j in jobs}
+    spans = {job_id: (t[0], t[-1]) for job_id, t in times.items()}
     for a in jobs:
         for b in jobs:
             if a.id < b.id and a.host == b.host:

@@ -345,7 +345,7 @@ class RayChannel:
 
     Never a blocking `ray.get` or `ray.wait` in the task's main thread: Ray lends the CPUs of a task blocked there
     to other tasks, so a reporting job would let a second job onto its node (seen: three 1-CPU jobs on two 1-CPU
-    nodes; `ray.wait(timeout=0)` polling lends them too, measured in /notes/cluster.md). Reports are
+    nodes; `ray.wait(timeout=0)` polling lends them too, measured in notes/cluster.md). Reports are
     fire-and-forget; answers are awaited on a helper thread, whose blocking calls Ray does not count."""
 
     def __init__(self, supervisor: Any, run_dir: Path):

@@ -14,7 +14,6 @@ import errno
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sqlite3
@@ -199,10 +198,10 @@ class JobRunner:
                     log.info("job %s: paused for another job; queued again, resumes from its checkpoint", self.job_id)
                 return 0
             if self.signalled and not self.channel.flags()[0]:  # nobody cancelled it: the machine or a person
+                detail = str(exc).removeprefix("training cancelled ")  # "at iteration i/n; <checkpoint or not>"
                 self.finish(  # stopped the worker, so it is resumable work, not a user's decision
                     "interrupted",
-                    f"the worker was stopped by {self.signalled} (a shutdown or kill, not a cancel) at "
-                    f"{_where(exc)}; the checkpoint is kept, resume to continue",
+                    f"the worker was stopped by {self.signalled} (a shutdown or kill, not a cancel) {detail}",
                 )
                 return 0
             self.finish("cancelled", str(exc) or "cancelled; last checkpoint kept")
@@ -222,12 +221,6 @@ class JobRunner:
             log.info("cancel arrived after training finished; keeping the finished result")
         self.finish("succeeded", None, result_dict(result))
         return 0
-
-
-def _where(exc: TrainingCancelled) -> str:
-    """'iteration 79/300' out of the loop's cancel message, else 'its last iteration'."""
-    found = re.search(r"iteration \d+(/\d+)?", str(exc))
-    return found.group(0) if found else "its last iteration"
 
 
 def describe_unexpected(exc: BaseException) -> str:
