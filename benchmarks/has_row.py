@@ -1,7 +1,10 @@
-"""Exit 0 when a benchmark result file already holds an error-free row for model/category/K/seed/iterations.
+"""Exit 0 when a benchmark result file already holds an error-free row for model/category/K/seed/budget/overrides.
 
 Lets a long benchmark queue be restarted without repeating finished runs:
     python benchmarks/has_row.py benchmarks/results/issue12.json draem mvtec3d_ad/tire 5 0 1330
+    python benchmarks/has_row.py benchmarks/results/issue12.json dsr mvtec3d_ad/tire 0 0 10min
+    python benchmarks/has_row.py benchmarks/results/issue12.json draem mvtec3d_ad/tire 0 0 1330 '{"synth": {...}}'
+BUDGET is an iteration count ("1330") or minutes ("10min"); OVERRIDES is the row's "overrides" JSON (default none).
 """
 
 from __future__ import annotations
@@ -11,7 +14,17 @@ import sys
 from pathlib import Path
 
 
-def has_row(path: Path, model: str, category: str, k: int, seed: int, iterations: int) -> bool:
+def _same_budget(row: dict, budget: str) -> bool:
+    if budget.endswith("min"):
+        return row.get("budget") == f"{float(budget[:-3])} min"
+    return int(row.get("iterations") or 0) == int(budget) and str(row.get("budget", "")).endswith(" it")
+
+
+def _overrides(text: str | None) -> dict:
+    return json.loads(text) if text else {}
+
+
+def has_row(path: Path, model: str, category: str, k: int, seed: int, budget: str, overrides: str = "") -> bool:
     if not path.exists():
         return False
     rows = json.loads(path.read_text())
@@ -20,12 +33,14 @@ def has_row(path: Path, model: str, category: str, k: int, seed: int, iterations
         and r.get("category") == category
         and int(r.get("labelled_defects") or 0) == k
         and int(r.get("seed", -1)) == seed
-        and int(r.get("iterations") or 0) == iterations
+        and _same_budget(r, budget)
+        and _overrides(r.get("overrides")) == _overrides(overrides)
         and not r.get("error")
         for r in rows
     )
 
 
 if __name__ == "__main__":
-    file, model, category, k, seed, iterations = sys.argv[1:7]
-    sys.exit(0 if has_row(Path(file), model, category, int(k), int(seed), int(iterations)) else 1)
+    file, model, category, k, seed, budget = sys.argv[1:7]
+    extra = sys.argv[7] if len(sys.argv) > 7 else ""
+    sys.exit(0 if has_row(Path(file), model, category, int(k), int(seed), budget, extra) else 1)

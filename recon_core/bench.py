@@ -96,6 +96,8 @@ class BenchConfig:
     iterations: int | None = None
     preset: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    # synthetic-defect design (SynthConfig fields, e.g. {"foreground": "off"}); the seed is each run's own
+    synth_overrides: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
     out_dir: str = "benchmarks/results"
     name: str = "bench"
@@ -114,6 +116,21 @@ class BenchConfig:
             raise ConfigError("bench: give at least one seed")
         if not self.labelled_defects or any(k < 0 for k in self.labelled_defects):
             raise ConfigError("bench: labelled defects must be whole numbers >= 0")
+        if "seed" in self.synth_overrides:
+            raise ConfigError("bench: the design's seed is each run's --seeds value: leave it out of --synth-config")
+        self.synth_config(0)  # unknown or ill-typed design settings fail before any training
+
+    def synth_config(self, seed: int) -> Any:
+        """The run's SynthConfig: the overrides, seeded with the run's seed."""
+        from recon_core.config import from_dict
+        from recon_core.synth import SynthConfig
+
+        return from_dict(SynthConfig, {**self.synth_overrides, "seed": seed}, where="synth")
+
+    def overrides_text(self) -> str:
+        """The 'overrides' column: model overrides, and the defect design under "synth" when it is not default."""
+        both = {**self.model_overrides, **({"synth": self.synth_overrides} if self.synth_overrides else {})}
+        return json.dumps(both, sort_keys=True) if both else ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,8 +231,6 @@ def run_one(
 ) -> dict[str, Any]:
     """Train + evaluate one configuration through runs.execute_run and measure it. Returns one row.
     `labelled` real defect images (seeded choice) leave the test split and go to training."""
-    from recon_core.synth import SynthConfig
-
     RunSpec, execute, load_bundle = _run_api()
     root = Path(cfg.data_root) if cfg.data_root else default_data_root()
     data = Path(category) if Path(category).is_absolute() else root / category
@@ -227,7 +242,7 @@ def run_one(
         preset=cfg.preset,
         model_overrides=dict(cfg.model_overrides),
         shots=shots,
-        synth=SynthConfig(seed=seed),
+        synth=cfg.synth_config(seed),
         iterations=cfg.iterations,
         minutes=cfg.minutes,
         device=cfg.device,
@@ -253,7 +268,7 @@ def run_one(
     row: dict[str, Any] = {
         "model": model,
         "preset": cfg.preset or type(net).default_preset,
-        "overrides": json.dumps(cfg.model_overrides, sort_keys=True) if cfg.model_overrides else "",
+        "overrides": cfg.overrides_text(),
         "category": category,
         "shots": shots if shots is not None else "all",
         "labelled_defects": labelled,
@@ -405,9 +420,9 @@ def run_bench(cfg: BenchConfig, *, echo: Callable[[str], None] = print) -> list[
     for model, category, shots, labelled, seed in grid:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         echo(f"[{stamp}] {model} {category} shots={shots} labelled_defects={labelled} seed={seed} ...")
-        base = {"timestamp": stamp, "model": model, "preset": cfg.preset or "", "category": category,
-                "shots": shots if shots is not None else "all", "labelled_defects": labelled, "seed": seed,
-                "tag": cfg.tag}  # fmt: skip
+        base = {"timestamp": stamp, "model": model, "preset": cfg.preset or "", "overrides": cfg.overrides_text(),
+                "category": category, "shots": shots if shots is not None else "all", "labelled_defects": labelled,
+                "seed": seed, "tag": cfg.tag}  # fmt: skip
         try:
             with _run_dir(cfg, model, category, shots, seed, labelled) as run_dir:
                 row = {**base, **run_one(cfg, model, category, shots, seed, run_dir, labelled)}

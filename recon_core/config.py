@@ -101,6 +101,16 @@ def save_json(path: str | Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def json_option(text: str, option: str) -> Any:
+    """A command-line value that is inline JSON (starts with "{" or "[") or the path of a JSON file."""
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{option}: not valid JSON ({exc})") from exc
+    return load_json(text)
+
+
 def load_json(path: str | Path) -> Any:
     path = Path(path)
     try:

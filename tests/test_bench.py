@@ -178,6 +178,26 @@ def test_cli_parses_and_reports_errors(tmp_path, monkeypatch, capsys) -> None:
     assert "--set" in capsys.readouterr().err
 
 
+def test_synth_config_reaches_every_run_with_its_own_seed(tmp_path, monkeypatch, capsys) -> None:
+    make_mvtec(tmp_path / "d" / "cat")
+    calls: list = []
+    monkeypatch.setattr(bench, "_run_api", fake_api(calls))
+    args = ["bench", "--models", "draem", "--categories", "cat", "--seeds", "0", "3", "--iterations", "2",
+            "--data-root", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--infer-repeats", "1"]  # fmt: skip
+    assert cli_main([*args, "--synth-config", '{"foreground": "off", "texture_source": "self"}']) == 0
+    assert [(c.synth.foreground, c.synth.texture_source, c.synth.seed) for c in calls] == [
+        ("off", "self", 0),
+        ("off", "self", 3),
+    ]
+    rows = json.loads((tmp_path / "o" / "bench.json").read_text())
+    assert json.loads(rows[0]["overrides"]) == {"synth": {"foreground": "off", "texture_source": "self"}}
+    # the design is checked before any training: unknown settings, a seed of its own, not an object
+    for bad, words in [('{"forground": "off"}', "forground"), ('{"seed": 1}', "--seeds"), ("[1]", "JSON object")]:
+        assert cli_main([*args, "--synth-config", bad]) == 1
+        assert words in capsys.readouterr().err
+    assert len(calls) == 2
+
+
 def test_real_tiny_bench_run(tmp_path) -> None:
     pytest.importorskip("recon_core.runs")
     pytest.importorskip("recon_core.bundle")

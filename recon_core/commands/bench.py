@@ -26,6 +26,18 @@ def _shots(text: str) -> int | None:
     return value
 
 
+def _synth_overrides(text: str | None) -> dict:
+    """--synth-config: inline JSON or a JSON file of SynthConfig settings (checked by BenchConfig)."""
+    from recon_core.config import json_option
+
+    if not text:
+        return {}
+    data = json_option(text, "--synth-config")
+    if not isinstance(data, dict):
+        raise ConfigError('--synth-config: expected a JSON object of design settings, e.g. {"foreground": "off"}')
+    return data
+
+
 def bench_command(args: argparse.Namespace) -> int:
     try:
         overrides = json.loads(args.set) if args.set else {}
@@ -33,10 +45,11 @@ def bench_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--set: not valid JSON ({exc})") from exc
     if not isinstance(overrides, dict):
         raise ConfigError("--set: expected a JSON object of model config values, e.g. '{\"lr\": 0.001}'")
-    # every option named like a BenchConfig field maps onto it; --set and --out are spelt differently
+    synth = _synth_overrides(args.synth_config)
+    # every option named like a BenchConfig field maps onto it; --set, --synth-config and --out are spelt differently
     fields = {f.name for f in dataclasses.fields(BenchConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields}
-    cfg = BenchConfig(**given, model_overrides=overrides, out_dir=args.out)
+    cfg = BenchConfig(**given, model_overrides=overrides, synth_overrides=synth, out_dir=args.out)
     rows = run_bench(cfg)
     failed = [r for r in rows if r.get("error")]
     print(f"{len(rows) - len(failed)} of {len(rows)} runs done; results in {args.out}/{args.name}.{{csv,json,md}}")
@@ -66,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--iterations", type=int, help="training iterations per run")
     p.add_argument("--preset", help="model preset (default: each model's default)")
     p.add_argument("--set", help="model config overrides as JSON, e.g. '{\"lr\": 0.001}'")
+    p.add_argument(
+        "--synth-config",
+        help='synthetic-defect design (SynthConfig) as inline JSON or a JSON file, e.g. \'{"foreground": "off"}\'',
+    )
     p.add_argument("--data-root", help=f"data root (default {default_data_root()})")
     p.add_argument("--out", default="benchmarks/results", help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="bench", help="file name stem of the result tables (default bench)")

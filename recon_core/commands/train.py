@@ -41,19 +41,12 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 def _synth_from_arg(text: str | None) -> Any:
     """--synth-config: a JSON file or inline JSON -> SynthConfig (strict: unknown keys are errors)."""
-    from recon_core.config import from_dict, load_json
+    from recon_core.config import from_dict, json_option
     from recon_core.synth import SynthConfig
 
     if not text:
         return SynthConfig()
-    if text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--synth-config: not valid JSON ({exc})") from exc
-    else:
-        data = load_json(text)
-    return from_dict(SynthConfig, data, where="synth")
+    return from_dict(SynthConfig, json_option(text, "--synth-config"), where="synth")
 
 
 def bundle_path_of(run_or_bundle: str | Path) -> Path:
