@@ -198,6 +198,32 @@ def test_an_app_with_the_wrong_ray_token_is_told_what_to_set(cluster, tmp_path: 
     assert "refused this app's Ray token" in out.stderr and "RAY_AUTH_TOKEN_PATH" in out.stderr, out.stderr[-2000:]
 
 
+def test_an_app_stopped_by_sigterm_exits_without_a_stack_dump(cluster) -> None:
+    """Streamlit connects from a script thread; stopping the app (SIGTERM) used to print Ray's C++ stack dump."""
+    code = (
+        "import sys, threading, time; from recon_core.jobs.cluster import connect\n"
+        "t = threading.Thread(target=connect, args=(sys.argv[1],)); t.start(); t.join()\n"
+        "print('connected', flush=True); time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, cluster.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "connected", proc.stderr
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -15, err[-2000:]
+    assert "SIGTERM received" not in err and "logging.cc" not in err, err[-2000:]
+
+
 def test_a_job_waiting_for_its_supervisor_keeps_its_cpu(cluster) -> None:
     """RayChannel's answers are awaited off the task's main thread: Ray lends the CPU of a task blocked in `ray.get`
     or `ray.wait` there, which let a queued 1-CPU job start beside a running one on a 1-CPU node (measured: with

@@ -46,6 +46,10 @@ from recon_core.errors import ConfigError, DataError, ReconError
 from recon_core.jobs.records import CHECKPOINT_FILE, LAUNCH_GRACE_S, TERMINAL_STATES, Job, JobRecords
 
 log = logging.getLogger(__name__)
+# Ray's C++ failure handler prints a "*** SIGTERM received" stack dump when the app is stopped normally (Ctrl+C on
+# run.sh, a service stop). Ray reads this when it is first imported, and every import of Ray here follows this
+# module's import. A user's own setting wins.
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 
 CLUSTER_ENV = "RECON_CLUSTER"
 NAMESPACE = "recon-studio"
