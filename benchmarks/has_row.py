@@ -1,14 +1,17 @@
-"""Exit 0 when a benchmark result file already holds an error-free row for model/category/K/seed/budget/overrides.
+"""Exit 0 when a benchmark result file already holds an error-free row for one configuration.
 
 Lets a long benchmark queue be restarted without repeating finished runs:
     python benchmarks/has_row.py benchmarks/results/issue12.json draem mvtec3d_ad/tire 5 0 1330
     python benchmarks/has_row.py benchmarks/results/issue12.json dsr mvtec3d_ad/tire 0 0 10min
-    python benchmarks/has_row.py benchmarks/results/issue12.json draem mvtec3d_ad/tire 0 0 1330 '{"synth": {...}}'
-BUDGET is an iteration count ("1330") or minutes ("10min"); OVERRIDES is the row's "overrides" JSON (default none).
+    python benchmarks/has_row.py benchmarks/results/issue12.json draem mvtec3d_ad/tire 0 0 1330 \\
+        --overrides '{"synth": {"foreground": "off"}}' --preset cpu-hires
+BUDGET is an iteration count ("1330") or minutes ("10min"); --overrides is the row's "overrides" JSON (default
+none); --preset the row's preset (default: any).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,7 +27,16 @@ def _overrides(text: str | None) -> dict:
     return json.loads(text) if text else {}
 
 
-def has_row(path: Path, model: str, category: str, k: int, seed: int, budget: str, overrides: str = "") -> bool:
+def has_row(
+    path: Path,
+    model: str,
+    category: str,
+    k: int,
+    seed: int,
+    budget: str,
+    overrides: str = "",
+    preset: str | None = None,
+) -> bool:
     if not path.exists():
         return False
     rows = json.loads(path.read_text())
@@ -35,12 +47,18 @@ def has_row(path: Path, model: str, category: str, k: int, seed: int, budget: st
         and int(r.get("seed", -1)) == seed
         and _same_budget(r, budget)
         and _overrides(r.get("overrides")) == _overrides(overrides)
+        and (not preset or r.get("preset") == preset)
         and not r.get("error")
         for r in rows
     )
 
 
 if __name__ == "__main__":
-    file, model, category, k, seed, budget = sys.argv[1:7]
-    extra = sys.argv[7] if len(sys.argv) > 7 else ""
-    sys.exit(0 if has_row(Path(file), model, category, int(k), int(seed), budget, extra) else 1)
+    ap = argparse.ArgumentParser()
+    for name in ("file", "model", "category", "k", "seed", "budget"):
+        ap.add_argument(name)
+    ap.add_argument("--overrides", default="")
+    ap.add_argument("--preset", default=None)
+    a = ap.parse_args()
+    found = has_row(Path(a.file), a.model, a.category, int(a.k), int(a.seed), a.budget, a.overrides, a.preset)
+    sys.exit(0 if found else 1)

@@ -6,7 +6,7 @@
 # in the results are skipped (SKIP_DONE=0 reruns them). Rows go to benchmarks/results/issue12.{csv,json,md}.
 #
 #   bash benchmarks/run_issue12_curve.sh [BUDGET=1330] [SEEDS="0 1 2"]
-#   MODEL=draem CATEGORIES="mvtec3d_ad/tire magnetic_tile/magnetic_tile" KS="5 0 1" (defaults)
+#   MODEL=draem PRESET=cpu CATEGORIES="mvtec3d_ad/tire magnetic_tile/magnetic_tile" KS="5 0 1" (defaults)
 #   SYNTH='{"foreground": "off"}'   a defect-design variant (bench --synth-config), kept apart by its overrides
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ budget="${1:-1330}"
 shift || true
 seeds="${*:-0 1 2}"
 model="${MODEL:-draem}"
+preset="${PRESET:-cpu}"
 categories="${CATEGORIES:-mvtec3d_ad/tire magnetic_tile/magnetic_tile}"
 ks="${KS:-5 0 1}"
 synth="${SYNTH:-}"
@@ -28,12 +29,13 @@ fi
 for seed in $seeds; do
   for k in $ks; do
     for category in $categories; do
-      if [ "${SKIP_DONE:-1}" = "1" ] && "$py" benchmarks/has_row.py benchmarks/results/issue12.json "$model" "$category" "$k" "$seed" "$budget" "$overrides"; then
-        echo "[skip] $model $category K=$k seed $seed $budget ${synth}: row exists"; continue
+      if [ "${SKIP_DONE:-1}" = "1" ] && "$py" benchmarks/has_row.py benchmarks/results/issue12.json "$model" "$category" "$k" "$seed" "$budget" \
+        --overrides "$overrides" --preset "$preset"; then
+        echo "[skip] $model $preset $category K=$k seed $seed $budget ${synth}: row exists"; continue
       fi
-      echo "[run] $model $category K=$k seed $seed $budget ${synth} ($(date -u +%H:%M))"
+      echo "[run] $model $preset $category K=$k seed $seed $budget ${synth} ($(date -u +%H:%M))"
       locked_bench --models "$model" --categories "$category" --shots 20 --seeds "$seed" "${budget_args[@]}" \
-        --labelled-defects "$k" --preset cpu --name issue12 "${synth_args[@]}" \
+        --labelled-defects "$k" --preset "$preset" --name issue12 "${synth_args[@]}" \
         --tag "issue12 (foreground auto, map normalisation auto unless overridden), K=$k, $budget = 10 min quiet"
     done
   done
