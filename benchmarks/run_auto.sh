@@ -7,6 +7,7 @@
 # outside the repository, in $KEEP.
 #
 #   bash benchmarks/run_auto.sh [N=660] [SEEDS=0]      CATEGORIES="mvtec_ad/bottle mvtec3d_ad/tire" by default
+#   MODELS=auto   skips the always-DRAEM runs (when benchmarks/results/issue12.* already has them: K = 0, same N)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/common.sh
@@ -16,6 +17,6 @@ seeds="${*:-0}"
 categories="${CATEGORIES:-mvtec_ad/bottle mvtec3d_ad/tire}"
 KEEP="${KEEP:-/tmp/recon-auto-runs}"
 # shellcheck disable=SC2086
-locked_bench --models auto draem --categories $categories --shots 20 --seeds $seeds --iterations "$iterations" \
+locked_bench --models ${MODELS:-auto draem} --categories $categories --shots 20 --seeds $seeds --iterations "$iterations" \
   --preset cpu --name auto_vs_draem --keep-runs "$KEEP" --tag "auto: autoencoder 250 it + draem $iterations it"
 "$py" benchmarks/auto_choices.py "$KEEP" benchmarks/results/auto_choices.md
