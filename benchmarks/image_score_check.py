@@ -1,9 +1,10 @@
 """Validation-only check of the image score: is the whole-map pooled max the right summary of a trained model's map?
 
-Scores goods the model never trained on (e.g. MVTec 3D-AD tire `validation/good`, never the test split) and probe
-defects drawn on their foreground (recon_core.probe_defects), then prints the image AUROC of the model's own score,
-of the pooled max restricted to the per-image foreground estimate (fitted on the run's training goods), of other
-pooling windows and of top-q means, and where the goods' map maximum lies.
+Scores goods the model never trained on (MVTec 3D-AD tire `validation/good`, or `train/good`: the run's training
+shots are skipped; never the test split) and probe defects drawn on their foreground (recon_core.probe_defects), then
+prints the image AUROC of the model's own score, of the pooled max restricted to the per-image foreground estimate
+(fitted on the run's training goods), of other pooling windows and of top-q means, where the goods' map maximum
+lies, and, when the bundle has a map normalisation, both AUROCs without it.
 
     python benchmarks/image_score_check.py RUN/model.pt ../shared/data/mvtec3d_ad/tire/validation/good RUN/data.json
 (data.json: the run's record, whose "train" list names the training goods.) Results: notes/product_aware.md.
@@ -35,12 +36,15 @@ def main() -> None:
     ap.add_argument("goods", help="a folder of good images the model did not train on (not the test split)")
     ap.add_argument("record", help="the run's data.json (its 'train' list fits the foreground estimate)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-goods", type=int, default=40, help="at most this many unseen goods (sorted by name)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_bundle(args.bundle).model
     size = int(model.config.image_size)
-    goods = load_images(list_images(args.goods), size).images
-    train = load_images(json.loads(Path(args.record).read_text())["train"], size).images
+    trained_on = json.loads(Path(args.record).read_text())["train"]
+    unseen = [p for p in list_images(args.goods) if str(p) not in set(trained_on)][: args.max_goods]
+    goods = load_images(unseen, size).images  # goods the model never trained on (its training goods are skipped)
+    train = load_images(trained_on, size).images
     fg = estimate_foreground(train, "auto")
     probes = make_probe_set(goods, args.seed, regions=fg.masks(goods))
     pred = model.score(probes.images)
@@ -50,6 +54,13 @@ def main() -> None:
     print(f"foreground: {fg.reason}")
     print(f"{(labels == 0).sum()} goods, {labels.sum()} probes; pixel AUROC {pixel_auroc(probes.masks, maps):.3f}")
     print(f"image AUROC, the model's score: {image_auroc(labels, np.asarray(pred.image_scores)):.3f}")
+    if model.normaliser is not None:  # the map normalisation chosen after training, against the raw map
+        raw = model.predict(probes.images)
+        print(
+            f"map normalisation {model.normaliser.mode!r} (validation {model.normaliser.validation}); without it: "
+            f"image AUROC {image_auroc(labels, np.asarray(raw.image_scores)):.3f}, "
+            f"pixel AUROC {pixel_auroc(probes.masks, np.asarray(raw.maps, np.float32)):.3f}"
+        )
     restricted = pooled_max(np.where(on_product, maps, maps.min()), pool)
     print(f"image AUROC, pooled max on the foreground only: {image_auroc(labels, restricted):.3f}")
     good_maps, good_fg = maps[labels == 0], on_product[labels == 0]

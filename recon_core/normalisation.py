@@ -12,6 +12,14 @@ statistics are computed leave-one-out for the validation (a good image, and its 
 statistics of the others), so the per-pixel candidates do not win by cancelling the validation goods' own maps.
 Never the test split. The choice and the statistics are stored in the bundle and applied by AnomalyModel.score /
 scoring_module (so in evaluation, prediction and the ONNX export alike).
+
+Per-pixel candidates need goods the model did NOT train on. On its own training goods a model's maps are quiet
+except for the fixed structures, so per-pixel statistics from them look like a win on the leave-one-out validation
+and then misfire on new goods, whose maps vary elsewhere. Measured on goods never trained on plus probe defects
+(notes/product_aware.md): tire DRAEM lost 0.01-0.10 pixel AUROC with them, and a bottle DRAEM run whose training-goods
+validation chose pixel-z (0.930 vs 0.920) lost 0.021 pixel AUROC with it (0.829 vs 0.850), image AUROC unchanged.
+So with training goods (`goods_trained_on`, what execute_run has) only "global" can be chosen; the per-pixel
+figures are still computed and reported.
 """
 
 from __future__ import annotations
@@ -165,11 +173,12 @@ def _validation_figure(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray
 
 
 def calibrate(
-    model: Any, goods: np.ndarray, synth_config: Any, *, batch_size: int = 8
+    model: Any, goods: np.ndarray, synth_config: Any, *, goods_trained_on: bool = True, batch_size: int = 8
 ) -> tuple[MapNormaliser | None, dict[str, float]]:
     """Choose and fit the normalisation for a trained model from good images (N, S, S, 3) at its resolution
-    (training goods, or better goods it did not train on) -> (normaliser, or None = keep the model's own scores;
-    each candidate's validation figure). Fewer than MIN_GOODS goods: (None, {})."""
+    -> (normaliser, or None = keep the model's own scores; each candidate's validation figure). `goods_trained_on`:
+    the model trained on these goods, so only the global candidate may be chosen (module docstring). Fewer than
+    MIN_GOODS goods: (None, {})."""
     from recon_core.evaluation import synthetic_test_set
 
     goods = np.asarray(goods, np.float32)
@@ -194,7 +203,8 @@ def calibrate(
             rows = source == i
             normed[rows] = (raw_maps[rows] - mean) / scale
         figures[mode] = _validation_figure(labels, pooled_max(normed, pool), masks, normed)
-    best = max(MODES[1:], key=lambda m: figures[m])
+    eligible = ("global",) if goods_trained_on else MODES[1:]
+    best = max(eligible, key=lambda m: figures[m])
     figures = {k: round(v, 5) for k, v in figures.items()}
     if not figures[best] >= figures["none"] + MIN_GAIN:
         return None, figures

@@ -366,8 +366,8 @@ def execute_run(
             loss_log_path=run_dir / "losses.csv",
         )
         model.synth_config = spec.synth
-        # scores relative to the goods' maps, if that helps on synthetic validation (training goods only)
-        model.normaliser, norm_figures = calibrate_normalisation(model, train_images, spec.synth)
+        # scores relative to the goods' maps, if that helps on synthetic validation (training goods: global only)
+        model.normaliser, norm_figures = calibrate_normalisation(model, train_images, spec.synth, goods_trained_on=True)
         log.info("map normalisation: %s (validation %s)", getattr(model.normaliser, "mode", "none"), norm_figures)
         facts = {"preset": preset, "iterations": summary.iterations}  # for the evaluation's under-training check
         loaded = bundle_mod.LoadedBundle(model, spec.synth, None, facts, None, str(run_dir / "model.pt"))
