@@ -55,6 +55,7 @@ COLUMNS = (
     "n_defect",
     "synthetic_eval",
     "iterations",
+    "normalisation",
     "train_s",
     "s_per_iteration",
     "train_images_per_s",
@@ -279,6 +280,7 @@ def run_one(
         "n_defect": metrics.get("n_defect"),
         "synthetic_eval": bool(metrics.get("synthetic", False)),
         "iterations": iterations,
+        "normalisation": metrics.get("normalisation"),  # the map normalisation chosen after training
         "train_s": train_s,
         "s_per_iteration": train_s / iterations if train_s and iterations else None,
         "train_images_per_s": iterations * net.config.batch_size / train_s if train_s and iterations else None,
