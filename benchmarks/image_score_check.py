@@ -42,7 +42,8 @@ def main() -> None:
     model = load_bundle(args.bundle).model
     size = int(model.config.image_size)
     trained_on = json.loads(Path(args.record).read_text())["train"]
-    unseen = [p for p in list_images(args.goods) if str(p) not in set(trained_on)][: args.max_goods]
+    skip = set(trained_on)
+    unseen = [p for p in list_images(args.goods) if str(p) not in skip][: args.max_goods]
     goods = load_images(unseen, size).images  # goods the model never trained on (its training goods are skipped)
     train = load_images(trained_on, size).images
     fg = estimate_foreground(train, "auto")
