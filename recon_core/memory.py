@@ -52,7 +52,7 @@ class MemoryEstimate:
     optimizer: int
     activations: int
     overhead: int
-    image_size: int
+    image_size: int  # side of what a training step sees (the crop side when training on crops)
     batch_size: int
     mixed_precision: bool
 
@@ -109,12 +109,22 @@ def _probe(model_name: str, config_json: str) -> tuple[int, int, int, int]:
         return _probe_model(cls, config)
 
 
+def training_side(config: Any) -> int:
+    """Side of the images a training step sees: the crop side for models trained on random crops (`train_crop`,
+    e.g. DRAEM's `cpu-hires`), else the image size."""
+    crop = int(getattr(config, "train_crop", 0) or 0)
+    return crop if crop > 0 else int(config.image_size)
+
+
 def _probe_model(cls: Any, config: Any) -> tuple[int, int, int, int]:
     from recon_core.synth import SynthConfig
 
     weights = _meta_counts(cls, config)
     size = min(int(config.image_size), PROBE_SIZE)
-    probe_cfg = dataclasses.replace(config, image_size=size, batch_size=PROBE_BATCH)
+    changes: dict[str, Any] = {"image_size": size, "batch_size": PROBE_BATCH}
+    if getattr(config, "train_crop", 0):  # the probe steps on whole probe images; estimate() scales by the crop side
+        changes["train_crop"] = 0
+    probe_cfg = dataclasses.replace(config, **changes)
     model = cls(probe_cfg, "cpu")
     images = np.random.default_rng(0).random((PROBE_BATCH, size, size, 3), dtype=np.float32)
     model.setup_training(images, SynthConfig(texture_source="noise"), 0)
@@ -153,7 +163,7 @@ def estimate(model_name: str, config: Any, device: torch.device | str = "cpu") -
     weights, per_pixel, per_weight, _ = _probe(model_name, config_json)
     device = torch.device(device)
     amp = uses_mixed_precision(config, device)
-    pixels = int(config.batch_size) * int(config.image_size) ** 2
+    pixels = int(config.batch_size) * training_side(config) ** 2
     activations = per_pixel * pixels * ACTIVATION_FACTOR * (AMP_ACTIVATION_SHARE if amp else 1.0)
     return MemoryEstimate(
         weights=4 * weights,
@@ -161,7 +171,7 @@ def estimate(model_name: str, config: Any, device: torch.device | str = "cpu") -
         optimizer=per_weight * weights,
         activations=int(activations),
         overhead=CUDA_OVERHEAD_BYTES if device.type == "cuda" else CPU_OVERHEAD_BYTES,
-        image_size=int(config.image_size),
+        image_size=training_side(config),
         batch_size=int(config.batch_size),
         mixed_precision=amp,
     )

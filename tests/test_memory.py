@@ -85,6 +85,17 @@ def test_every_model_can_be_estimated():
         assert est.activations > 0 and est.weights > 0, name
 
 
+def test_training_on_crops_is_estimated_at_the_crop_size():
+    # regression: the probe shrank image_size below cpu-hires' train_crop (128 > 64 px), the config was refused and
+    # the Train page, `jobs submit` and `bench` ran without any estimate
+    hires = Draem.config_from_preset("cpu-hires")
+    assert hires.train_crop == 128 and hires.image_size == 256
+    est = memory.estimate("draem", hires)
+    whole = memory.estimate("draem", dataclasses.replace(hires, train_crop=0, image_size=128))
+    assert est.image_size == 128 and est.activations == whole.activations and est.weights == whole.weights
+    assert memory.estimate("draem", dataclasses.replace(hires, train_crop=0)).activations > 3 * est.activations
+
+
 @pytest.mark.gpu
 def test_estimate_covers_the_real_peak_on_cuda():
     cfg = Draem.config_from_preset("gpu", batch_size=4, image_size=128)
