@@ -521,10 +521,21 @@ class DefectGenerator:
             mask &= allowed
         return mask.astype(np.float32)
 
-    def perlin_masks(self, n: int, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """n binary masks (n, S, S) float32, never empty. Also used by DSR at feature resolution."""
+    def perlin_masks(
+        self, n: int, rng: np.random.Generator, size: int | None = None, images: np.ndarray | None = None
+    ) -> np.ndarray:
+        """n binary masks (n, S, S) float32, never empty. Also used by DSR at feature resolution. With `images`
+        ((n, H, W, 3)) and an enabled foreground, mask i lies on image i's foreground (scaled to S)."""
         side = int(size or self.image_size)
-        return self._masks(n, rng, side, side)
+        if images is None or not self.foreground.enabled:
+            return self._masks(n, rng, side, side)
+        out = np.empty((n, side, side), np.float32)
+        for i in range(n):
+            allowed = self.foreground.mask(images[i])
+            if allowed.shape != (side, side):  # a pixel of the small grid is allowed if most of what it covers is
+                allowed = cv2.resize(allowed.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) >= 0.5
+            out[i] = self._one_mask(rng, side, side, allowed if allowed.any() else None)
+        return out
 
     def _masks(self, n: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         out = np.empty((n, height, width), np.float32)

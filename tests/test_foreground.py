@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 
 from recon_core.errors import ConfigError
 from recon_core.foreground import Foreground, estimate_foreground
+from recon_core.models.dsr import Dsr, DsrSynth
 from recon_core.synth import FOREGROUND_COLOUR, DefectGenerator, SynthConfig, preview, preview_grid
 
 SIZE = 64
@@ -93,6 +95,29 @@ def test_without_the_foreground_defects_also_hit_the_background():
     cfg = SynthConfig(texture_source="noise", foreground="off")
     _, masks, _ = DefectGenerator(cfg, SIZE, goods=goods).augment(goods, np.random.default_rng(1), force_defect=True)
     assert (masks.astype(bool) & ~truth).any()
+
+
+def test_dsr_feature_level_masks_lie_on_the_product():
+    """DSR's feature-space defects (Perlin masks at 1/4 resolution) follow the foreground too; off, they also hit
+    the background (regression: they ignored it)."""
+    goods, truth = objects(8)
+    side = SIZE // 4
+    # cells of the 1/4 grid with no product in them or their neighbours (the estimate is dilated a little)
+    near = [
+        cv2.dilate(cv2.resize(t.astype(np.uint8), (side, side), interpolation=cv2.INTER_AREA), np.ones((3, 3)))
+        for t in truth
+    ]
+    far_background = np.stack(near) == 0
+    on = DefectGenerator(SynthConfig(texture_source="noise", foreground="on"), SIZE, goods=goods)
+    masks = on.perlin_masks(len(goods), np.random.default_rng(2), size=side, images=goods)
+    assert masks.shape == (8, side, side) and all(m.any() for m in masks)
+    assert not (masks.astype(bool) & far_background).any()
+    plan = DsrSynth(on, "dsr", Dsr.config_from_preset("cpu", image_size=SIZE))(goods, np.random.default_rng(3))
+    assert not (plan["masks_b"].astype(bool) & far_background).any()  # what DSR's feature stage trains on
+    off = DefectGenerator(SynthConfig(texture_source="noise", foreground="off"), SIZE, goods=goods)
+    masks_off = off.perlin_masks(len(goods), np.random.default_rng(2), size=side, images=goods)
+    assert (masks_off.astype(bool) & far_background).any()
+    assert np.array_equal(masks_off, off.perlin_masks(len(goods), np.random.default_rng(2), size=side))
 
 
 def test_self_textures_need_the_goods():

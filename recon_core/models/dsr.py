@@ -758,7 +758,8 @@ class DsrSynth:
     "vq": image-space synthetic defects in the first vq_defect_share of the batch. The general decoder must reproduce
     whatever is in the image, defects included, or the detector sees two equally "normal" reconstructions; a VQ-VAE
     fitted to a few good images alone has no codes for unseen colours/textures, and these defects give it those.
-    "dsr": the feature-space anomaly draw (Perlin masks at 1/4 resolution, which samples and levels, strength).
+    "dsr": the feature-space anomaly draw (Perlin masks at 1/4 resolution, on each image's foreground when the
+    foreground is on, as DRAEM's defects are; which samples and levels, strength).
     "upsampling": image-space defects and their masks (DRAEM's recipe)."""
 
     def __init__(self, generator: Any, stage: str, config: Any) -> None:
@@ -775,7 +776,7 @@ class DsrSynth:
             return {"augmented": out.transpose(0, 3, 1, 2)}
         if self.stage == "dsr":
             return {
-                "masks_b": self.generator.perlin_masks(b, rng, size=self.size // 4),
+                "masks_b": self.generator.perlin_masks(b, rng, size=self.size // 4, images=images),
                 "anomalous": (rng.random(b) < self.p).astype(np.float32),
                 "level": rng.integers(0, 3, size=b),
                 "strength": rng.uniform(*self.strength, size=b).astype(np.float32),
