@@ -42,9 +42,9 @@ class Foreground:
     threshold: float = 1.0
     reason: str = ""
 
-    def mask(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) float in [0, 1] -> (H, W) bool foreground. All True when disabled or when the estimate finds
-        (almost) nothing on this image, so a defect always has somewhere to go."""
+    def mask(self, image: np.ndarray, whole_if_empty: bool = True) -> np.ndarray:
+        """(H, W, 3) float in [0, 1] -> (H, W) bool foreground. All True when disabled or, with `whole_if_empty`,
+        when the estimate finds (almost) nothing on this image, so a defect always has somewhere to go."""
         image = np.asarray(image, dtype=np.float32)
         h, w = image.shape[:2]
         if not self.enabled:
@@ -60,7 +60,7 @@ class Foreground:
         grow = _odd(max(1, round(side * DILATE_SHARE) * 2 + 1))
         fg = cv2.dilate(fg, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
         out = fg.astype(bool)
-        return out if out.sum() >= MIN_PIXELS else np.ones((h, w), bool)
+        return out if out.sum() >= MIN_PIXELS or not whole_if_empty else np.ones((h, w), bool)
 
     def masks(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) -> (N, H, W) bool."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from recon_core.errors import ConfigError, ImageError
 from recon_core.foreground import FOREGROUND_MODES, Foreground, estimate_foreground
+from recon_core.foreground import MIN_PIXELS as MIN_FOREGROUND_PIXELS
 from recon_core.knobs import check, knob
 
 TEXTURE_SOURCES = ("bundled", "folder", "noise", "self")  # self: patches of the product's own good images
@@ -564,11 +565,13 @@ class DefectGenerator:
         return np.clip(out, 0.0, 1.0)
 
     def augment(
-        self, images: np.ndarray, rng: np.random.Generator, force_defect: bool = False
+        self, images: np.ndarray, rng: np.random.Generator, force_defect: bool = False, crops: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """images (B, H, W, 3) float in [0, 1] -> (augmented (B, H, W, 3) float32, masks (B, H, W) float32,
         has_defect (B,) bool). Samples without a defect are returned unchanged (after optional rotation)
-        with an all-zero mask."""
+        with an all-zero mask. `crops`: the images are windows of larger ones (DRAEM's train_crop), so one that
+        shows (almost) none of the product stays clean instead of taking the whole-image fallback of the
+        foreground, which would put its defect on the background."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ConfigError(f"augment expects images (B, H, W, 3), got shape {images.shape}")
@@ -582,7 +585,9 @@ class DefectGenerator:
                 out[i] = self._rotate_good(out[i], rng)
             if not (force_defect or rng.random() < cfg.defect_probability):
                 continue
-            allowed = self.foreground.mask(out[i]) if self.foreground.enabled else None
+            allowed = self.foreground.mask(out[i], whole_if_empty=not crops) if self.foreground.enabled else None
+            if allowed is not None and allowed.sum() < MIN_FOREGROUND_PIXELS:  # a crop of background only
+                continue
             if self.bank is not None and rng.random() < cfg.real_defect_share:
                 pasted = self.bank.paste(out[i], rng, allowed)
                 if pasted is not None:

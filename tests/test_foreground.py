@@ -10,6 +10,7 @@ import pytest
 
 from recon_core.errors import ConfigError
 from recon_core.foreground import Foreground, estimate_foreground
+from recon_core.models.draem import DraemSynth
 from recon_core.models.dsr import Dsr, DsrSynth
 from recon_core.synth import FOREGROUND_COLOUR, DefectGenerator, SynthConfig, preview, preview_grid
 
@@ -118,6 +119,24 @@ def test_dsr_feature_level_masks_lie_on_the_product():
     masks_off = off.perlin_masks(len(goods), np.random.default_rng(2), size=side, images=goods)
     assert (masks_off.astype(bool) & far_background).any()
     assert np.array_equal(masks_off, off.perlin_masks(len(goods), np.random.default_rng(2), size=side))
+
+
+def test_a_crop_of_background_only_stays_clean_instead_of_taking_the_whole_crop():
+    """DRAEM's train_crop: a window that shows none of the product gets no defect (regression: the whole-image
+    fallback of the foreground put its defect on the background); windows on the product still get theirs."""
+    goods, truth = objects(4)
+    gen = DefectGenerator(SynthConfig(texture_source="noise", foreground="on"), SIZE, goods=goods)
+    corner, centre = goods[:, :12, :12], goods[:, 26:38, 26:38]
+    assert not truth[:, :12, :12].any() and truth[:, 26:38, 26:38].all()
+    _, masks, has = gen.augment(corner, np.random.default_rng(0), force_defect=True, crops=True)
+    assert not has.any() and not masks.any()
+    _, _, has_whole = gen.augment(corner, np.random.default_rng(0), force_defect=True)  # not crops: the fallback
+    assert has_whole.all()
+    _, masks, has = gen.augment(centre, np.random.default_rng(0), force_defect=True, crops=True)
+    assert has.all() and all(m.any() for m in masks)
+    background = goods[:, :16, :16].repeat(2, axis=0)  # every 12 px window of these shows background only
+    assert not DraemSynth(gen, train_crop=12)(background, np.random.default_rng(1))["masks"].any()  # passes crops
+    assert DraemSynth(gen)(background, np.random.default_rng(1))["masks"].any()  # whole images: the fallback
 
 
 def test_self_textures_need_the_goods():

@@ -346,7 +346,7 @@ class DraemSynth:
         if corners is not None:
             side = self.train_crop
             images = np.stack([img[y : y + side, x : x + side] for img, (y, x) in zip(images, corners, strict=True)])
-        aug, masks, _ = self.generator.augment(images, rng)
+        aug, masks, _ = self.generator.augment(images, rng, crops=corners is not None)
         return {
             "images": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
             "augmented": np.ascontiguousarray(aug.transpose(0, 3, 1, 2)),
