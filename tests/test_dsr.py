@@ -20,6 +20,7 @@ from recon_core.models.dsr import (
     vq_stats,
     vq_step,
 )
+from recon_core.models.layers import images_to_tensor
 from recon_core.synth import SynthConfig
 
 TINY = {
@@ -250,6 +251,33 @@ def test_save_load_round_trip_gives_identical_scores(trained_tiny, tmp_path):
     np.testing.assert_array_equal(a.maps, b.maps)
     assert clone.vq_source == model.vq_source == {"kind": "per_product"}
     assert clone.steps == model.steps and min(model.steps.values()) > 0
+
+
+def test_cpu_scoring_copy_matches_the_training_networks_and_follows_weight_changes(trained_tiny):
+    """predict scores with a frozen copy (batch norm folded, channels_last): the same scores as the networks
+    themselves up to float rounding, rebuilt when the weights change, and built without touching the run's
+    random stream."""
+    model, images = trained_tiny
+    probe = np.concatenate([images[:4], clear_defects(images[4:8])])
+    x = images_to_tensor(probe, model.config.image_size, model.device)
+    with torch.no_grad():
+        own_scores, own_maps = model.score_maps(x)
+    state = torch.get_rng_state()
+    pred = model.predict(probe)
+    assert torch.equal(state, torch.get_rng_state())
+    np.testing.assert_allclose(pred.maps, own_maps.numpy(), atol=1e-4)
+    np.testing.assert_allclose(pred.image_scores, own_scores.numpy(), atol=1e-4)
+    twin = model.scoring_copy()
+    assert twin is not model and model.scoring_copy() is twin  # cached while the weights stay
+    saved = {k: v.clone() for k, v in model.detector.state_dict().items()}
+    try:
+        with torch.no_grad():
+            next(model.detector.parameters()).mul_(0.5)
+        assert model.scoring_copy() is not twin
+        assert not np.allclose(model.predict(probe).maps, pred.maps)
+    finally:
+        model.detector.load_state_dict(saved)
+    np.testing.assert_array_equal(model.predict(probe).maps, pred.maps)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from recon_core.defect_bank import LabelledDefectsMixin
 from recon_core.errors import ConfigError
@@ -32,14 +31,15 @@ from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Predict
 from recon_core.models.layers import (
     NORMS,
     SSPCAB,
-    ConvNormAct,
     UNet,
     draem_widths,
     focal_loss,
+    freeze_for_cpu_inference,
     images_to_tensor,
     mean_pool_max,
     pool_size_for,
     ssim_loss,
+    weights_key,
 )
 
 
@@ -267,30 +267,15 @@ class Draem(LabelledDefectsMixin, AnomalyModel):
         maps = torch.softmax(logits, dim=1)[:, 1]
         return mean_pool_max(maps, self.pool_size), maps
 
-    def _weights_key(self) -> tuple:
-        # in-place updates (optimizer steps, BN statistics, load_state_dict) bump a tensor's _version; moves
-        # change data_ptr: either invalidates the inference copy
-        tensors = [*self.nets.parameters(), *self.nets.buffers()]
-        return tuple((t.data_ptr(), t._version) for t in tensors)
-
     def inference_nets(self) -> nn.Module:
-        """A frozen copy of the networks for scoring: BatchNorm folded into the preceding convolutions (exact up
-        to float rounding) and channels_last memory (faster oneDNN convolutions on CPU). Rebuilt whenever the
-        weights change."""
-        key = self._weights_key()
+        """A frozen copy of the networks for scoring (layers.freeze_for_cpu_inference: batch norm folded, and on
+        the CPU channels_last memory). Rebuilt whenever the weights change."""
+        key = weights_key([self.nets])
         if self._fast is None or self._fast[0] != key:
             for module in self.nets.modules():  # a training forward without aux_loss() leaves a graph here
                 if isinstance(module, SSPCAB):
                     module.last_loss = None
-            fast = copy.deepcopy(self.nets).eval()
-            for module in fast.modules():
-                if isinstance(module, ConvNormAct) and isinstance(module[1], nn.BatchNorm2d):
-                    module[0] = fuse_conv_bn_eval(module[0], module[1])
-                    module[1] = nn.Identity()
-            for p in fast.parameters():
-                p.requires_grad_(False)
-            if self.device.type == "cpu":
-                fast = fast.to(memory_format=torch.channels_last)
+            fast = freeze_for_cpu_inference(copy.deepcopy(self.nets), channels_last=self.device.type == "cpu")
             self._fast = (key, fast)
         return self._fast[1]
 

@@ -30,7 +30,14 @@ from recon_core.defect_bank import LabelledDefectsMixin
 from recon_core.errors import CheckpointError, ConfigError
 from recon_core.models.autoencoder import gaussian_blur
 from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Prediction, TrainingStage
-from recon_core.models.layers import UNet, focal_loss, images_to_tensor, mean_pool_max
+from recon_core.models.layers import (
+    UNet,
+    focal_loss,
+    freeze_for_cpu_inference,
+    images_to_tensor,
+    mean_pool_max,
+    weights_key,
+)
 
 VQ_FILE_FORMAT = "recon-dsr-vq"
 VQ_FILE_VERSION = 1
@@ -463,6 +470,7 @@ class Dsr(LabelledDefectsMixin, AnomalyModel):
         self._generator: Any = None
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._torch_gen: torch.Generator | None = None
+        self._fast: tuple[tuple, Dsr] | None = None  # (weights key, frozen CPU scoring copy)
         self.to(self.device)
 
     def networks(self) -> dict[str, nn.Module]:
@@ -708,16 +716,34 @@ class Dsr(LabelledDefectsMixin, AnomalyModel):
         logits = self.upsampler(torch.cat([x, recon_object, det_softmax], dim=1))
         return torch.softmax(logits, dim=1)[:, 1]
 
+    def scoring_copy(self) -> Dsr:
+        """On the CPU, a frozen copy of this model for scoring (layers.freeze_for_cpu_inference: batch norm folded,
+        channels_last), as DRAEM's inference_nets; rebuilt whenever the weights change. Elsewhere the model."""
+        if self.device.type != "cpu":
+            return self
+        key = weights_key(list(self.networks().values()))
+        if self._fast is None or self._fast[0] != key:
+            with torch.random.fork_rng():  # building draws initial weights: never from the run's random stream
+                twin = Dsr(self.config, "cpu")
+            twin.load_state_dict(self.state_dict())
+            twin.vq.set_codebook_updates(False)
+            for net in twin.networks().values():
+                freeze_for_cpu_inference(net)
+            self._fast = (key, twin)
+        return self._fast[1]
+
     def predict(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
         c: DsrConfig = self.config  # type: ignore[assignment]
         self.train_mode(False)
         self.vq.set_codebook_updates(False)
+        scorer = self.scoring_copy()
+        layout = torch.channels_last if scorer is not self else torch.contiguous_format
         images = np.asarray(images)
         scores, maps = [], []
         for start in range(0, len(images), max(1, batch_size)):
             x = images_to_tensor(images[start : start + batch_size], c.image_size, self.device)
             with torch.no_grad():
-                score, m = self.score_maps(x)
+                score, m = scorer.score_maps(x.contiguous(memory_format=layout))
             scores.append(score.cpu().numpy())
             maps.append(m.cpu().numpy())
         if not maps:

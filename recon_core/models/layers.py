@@ -12,6 +12,8 @@ the exact size of the matching encoder feature, not by a fixed factor of 2).
 - Losses: `ssim_map` / `ssim_loss` (Gaussian window 11, sigma 1.5), `focal_loss` (multi-class on logits or
   probabilities, gamma 2), `binary_focal_loss` (one logit channel).
 - `mean_pool_max`: image score = max of an average-pooled map (DRAEM's official test code).
+- Inference copies: `weights_key` (changes whenever weights do), `freeze_for_cpu_inference` (batch norm folded into
+  the convolutions, channels_last memory: faster oneDNN convolutions).
 
 Append new blocks at the end; keep existing signatures stable (other models import them).
 """
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from recon_core.errors import ConfigError
 
@@ -387,6 +390,25 @@ def images_to_tensor(images: np.ndarray, size: int, device: torch.device) -> tor
     return x.to(device)
 
 
+def weights_key(nets: Sequence[nn.Module]) -> tuple:
+    """Changes whenever any weight or buffer of `nets` does: in-place updates (optimizer steps, batch-norm
+    statistics, load_state_dict) bump a tensor's _version; moves change its data_ptr."""
+    return tuple((t.data_ptr(), t._version) for net in nets for t in (*net.parameters(), *net.buffers()))
+
+
+def freeze_for_cpu_inference(net: nn.Module, channels_last: bool = True) -> nn.Module:
+    """In place, on an eval-mode copy: every ConvNormAct's batch norm folded into its convolution (exact up to float
+    rounding), no gradients, and channels_last memory (oneDNN's native layout on CPUs; measured: DSR 22.3 -> 16.6
+    ms/image at batch 8 on a 2-core Intel Xeon, notes/dsr.md). Returns `net`."""
+    net.eval()
+    for module in net.modules():
+        if isinstance(module, ConvNormAct) and isinstance(module[1], nn.BatchNorm2d):
+            module[0] = fuse_conv_bn_eval(module[0], module[1])
+            module[1] = nn.Identity()
+    net.requires_grad_(False)
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
 __all__ = [
     "NORMS",
     "SSPCAB",
@@ -402,10 +424,12 @@ __all__ = [
     "draem_decoder_widths",
     "draem_widths",
     "focal_loss",
+    "freeze_for_cpu_inference",
     "images_to_tensor",
     "make_norm",
     "mean_pool_max",
     "pool_size_for",
     "ssim_loss",
     "ssim_map",
+    "weights_key",
 ]
