@@ -4,6 +4,7 @@ ROUNDS times per model; appends a row per model to benchmarks/results/inference_
 machine. Run it under the bench lock on a quiet machine:
 
     flock /tmp/recon-bench.lock python benchmarks/inference_speed.py draem dsr [--preset cpu] [--threads 2]
+    flock /tmp/recon-bench.lock python benchmarks/inference_speed.py --bundle RUN/model.pt   (a trained model)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recon_core.bench import inference_ms_per_image, machine_info  # noqa: E402
+from recon_core.bundle import load_bundle  # noqa: E402
 from recon_core.device import configure_cpu_threads  # noqa: E402
 from recon_core.models import get_model_class  # noqa: E402
 
@@ -34,7 +36,8 @@ def commit() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("models", nargs="+")
+    ap.add_argument("models", nargs="*", help="model names, timed at --preset with random weights")
+    ap.add_argument("--bundle", action="append", default=[], help="a trained model.pt to time (repeatable)")
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
@@ -43,16 +46,22 @@ def main() -> None:
     args = ap.parse_args()
     configure_cpu_threads(args.threads)
     torch.manual_seed(0)
+    models = []
     for name in args.models:
         cls = get_model_class(name)
         model = cls(cls.config_from_preset(args.preset), "cpu")
         if hasattr(model, "steps"):  # DSR: score through every stage, as a finished run does
             model.steps = dict.fromkeys(model.steps, 1)
+        models.append((name, args.preset, model))
+    for path in args.bundle:
+        bundle = load_bundle(path)
+        models.append((bundle.model.name, f"bundle {path}", bundle.model))
+    for name, preset, model in models:
         rounds = [inference_ms_per_image(model, args.repeats) for _ in range(args.rounds)]
         row = {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "model": name,
-            "preset": args.preset,
+            "preset": preset,
             "commit": commit(),
             "ms_per_image_median": round(statistics.median(rounds), 2),
             "ms_per_image_rounds": [round(r, 2) for r in rounds],
