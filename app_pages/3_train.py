@@ -50,6 +50,9 @@ def start_form(project) -> None:
         preset = st.selectbox(
             "Preset", presets, index=presets.index(default) if default in presets else 0, key="train_preset"
         )
+        note = "" if model == AUTO else get_model_class(model).describe_preset(preset)
+        if note:
+            st.caption(note)
     with c2:
         budget_kind = st.radio("Budget", ["minutes", "iterations"], horizontal=True, key="budget_kind")
         if budget_kind == "minutes":

@@ -177,6 +177,16 @@ def test_train_page_renders_and_switches_budget() -> None:
     assert any(c.value.startswith("Memory: needs about") for c in at.caption)  # what the preset needs (memory.py)
 
 
+def test_train_page_says_what_the_preset_is_for_and_what_it_needs() -> None:
+    at = run_page("3_train.py")
+    at.selectbox(key="train_preset").set_value("cpu-hires")
+    at.run()
+    assert not at.exception
+    assert "for thin defects" in texts(at) and "Suggested budget: 10 min." in texts(at)
+    # the memory estimate is shown for crop-trained presets too (regression: the probe refused cpu-hires)
+    assert any(c.value.startswith("Memory: needs about") and "128 px" in c.value for c in at.caption)
+
+
 def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """AUTO says what it trains and chooses on; a finished auto job shows the candidates' scores and the reason."""
     from recon_core.jobs import JobStore

@@ -60,3 +60,20 @@ def test_submit_refuses_a_huge_image_size_at_once(goods: Path, tmp_path: Path, c
     assert JobStore(ws, autostart=False).list_jobs() == []  # nothing was queued
     code = main(["train", str(goods), "--out", str(tmp_path / "run"), "--set", "batch_size=100000", "-q"])
     assert code == 1 and "batch_size: 100000 is outside the allowed range" in capsys.readouterr().err
+
+
+def test_every_preset_says_what_it_is_for():
+    """One declaration per preset: its settings and a note (Train page caption, `presets` command)."""
+    for name in model_names():
+        cls = get_model_class(name)
+        assert set(cls.preset_notes) == set(cls.presets), name
+        for preset in cls.presets:
+            assert len(cls.describe_preset(preset)) > 20, (name, preset)
+
+
+def test_presets_command_lists_presets_with_their_notes(capsys):
+    assert main(["presets", "--model", "draem"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu (default):" in out and "cpu-hires: 256 px trained on 128 px crops, for thin defects" in out
+    assert main(["presets", "--model", "nope"]) == 1
+    assert "unknown model 'nope'" in capsys.readouterr().err

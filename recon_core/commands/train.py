@@ -108,7 +108,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="draem, dsr, autoencoder, ganomaly, aae, auto (trains several, keeps the best); default draem",
     )
-    p.add_argument("--preset", default=None, help="model preset (default: the model's default, e.g. cpu)")
+    p.add_argument(
+        "--preset", default=None, help="model preset (default: the model's default, e.g. cpu; `presets` lists them)"
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
     p.add_argument("--shots", type=int, default=None, help="train on this many good images (seeded sample)")
     budget = p.add_mutually_exclusive_group()
@@ -405,6 +407,19 @@ def threshold(args: argparse.Namespace) -> int:
 # parsers
 
 
+def list_presets(args: argparse.Namespace) -> int:
+    from recon_core.models import get_model_class, model_names
+
+    names = [args.model] if args.model else model_names()
+    for name in names:
+        cls = get_model_class(name)
+        print(f"{name}:")
+        for preset in cls.presets:
+            default = " (default)" if preset == cls.default_preset else ""
+            print(f"  {preset}{default}: {cls.describe_preset(preset)}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model in the foreground (a run folder with model.pt)")
     p.add_argument("path", nargs="?", help="training data: MVTec-layout folder, folder of good images, or a category")
@@ -413,6 +428,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=train)
+
+    p = subparsers.add_parser("presets", help="list each model's presets: what they are for, suggested budgets")
+    p.add_argument("--model", default=None, help="only this model")
+    p.set_defaults(handler=list_presets)
 
     p = subparsers.add_parser("eval", help="evaluate a trained model on a data set (metrics + ROC/PR points, JSON)")
     p.add_argument("run", metavar="RUN_OR_BUNDLE")

@@ -211,6 +211,7 @@ class AnomalyModel(ABC):
     presets: ClassVar[dict[str, dict[str, Any]]]  # preset name -> config overrides ("cpu", "gpu", "paper", ...)
     default_preset: ClassVar[str] = "cpu"
     description: ClassVar[str] = ""
+    preset_notes: ClassVar[dict[str, str]] = {}  # preset name -> what it is for (Train page, `presets` command)
     uses_labelled_defects: ClassVar[bool] = False  # True if fit can take a few real defect images
     supports_grad_scaling: ClassVar[bool] = False  # True if its steps go through optimizer_step (fp16 training)
 
@@ -231,6 +232,18 @@ class AnomalyModel(ABC):
         config = from_dict(cls.config_class, values, where=f"{cls.name} config")
         check_settings(config, f"{cls.name} config")
         return config
+
+    @classmethod
+    def describe_preset(cls, preset: str | None = None) -> str:
+        """What a preset is for and its suggested budget, in one line (Train page, `presets` command)."""
+        preset = preset or cls.default_preset
+        budget = getattr(cls, "preset_budgets", {}).get(preset) or {}
+        parts = [cls.preset_notes.get(preset, "")]
+        if "minutes" in budget:
+            parts.append(f"Suggested budget: {budget['minutes']:g} min.")
+        elif "iterations" in budget:
+            parts.append(f"Suggested budget: {int(budget['iterations'])} iterations.")
+        return " ".join(p for p in parts if p)
 
     def config_dict(self) -> dict[str, Any]:
         return to_dict(self.config)

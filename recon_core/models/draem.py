@@ -128,6 +128,17 @@ class Draem(LabelledDefectsMixin, AnomalyModel):
             "batch_size": 8,
         },
     }
+    preset_notes: ClassVar[dict[str, str]] = {
+        "paper": "The published DRAEM: 256 px, ~97M parameters, ~20k iterations. A GPU only.",
+        "gpu": "256 px, a quarter of the paper's widths: converges in ~10-20 min on one modern GPU.",
+        "cpu": "128 px, narrow networks chosen for a 2-core CPU: ~1300 iterations in 10-15 minutes.",
+        "cpu-fast": "As cpu with a narrower segmentation network: quicker, a little less accurate (not validated).",
+        "cpu-hires": (
+            "256 px trained on 128 px crops, for thin defects (cracks, scratches 1-3 px wide) that vanish at 128 px: "
+            "an iteration costs ~10 % more than cpu, scoring ~4x (65 ms per image on a 2-core CPU). Measured on "
+            "magnetic tile (median defect 6 px wide at 128 px): no better than cpu."
+        ),
+    }
     # suggested budgets per preset (the run's budget is set by the caller; these are what the presets were
     # chosen for)
     preset_budgets: ClassVar[dict[str, dict[str, float]]] = {

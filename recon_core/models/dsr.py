@@ -412,6 +412,10 @@ class Dsr(LabelledDefectsMixin, AnomalyModel):
         "Strong on textured surfaces; three training stages in one budget."
     )
     supports_grad_scaling: ClassVar[bool] = True
+    preset_notes: ClassVar[dict[str, str]] = {
+        "cpu": "128 px, sizes chosen for a 2-core CPU; its three stages are planned on a minutes budget (10 min).",
+        "paper": "The published sizes: 256 px, 4096-code codebooks. A GPU only.",
+    }
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # 2-core CPU, ~15 min including the per-product VQ stage (measurements in notes/dsr.md)
         "cpu": {

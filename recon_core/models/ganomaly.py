@@ -127,6 +127,11 @@ class Ganomaly(AnomalyModel):
         "paper": {"image_size": 32, "width": 64, "latent_dim": 100, "batch_size": 64},
         "gpu": {"image_size": 128, "width": 64, "latent_dim": 100, "batch_size": 32, "map_sigma": 2.0},
     }
+    preset_notes: ClassVar[dict[str, str]] = {
+        "cpu": "The official 32 px input: an image-level score; its map is coarse.",
+        "paper": "The official code's defaults (32 px, batch 64).",
+        "gpu": "128 px, for a GPU: a finer map.",
+    }
     # used when a run gives no budget (the benchmark always gives one)
     preset_budgets: ClassVar[dict[str, dict[str, float]]] = {
         "cpu": {"minutes": 1.5},
