@@ -24,6 +24,19 @@ from recon_core.runs import RunSpec
 POLL_S = 2.0
 
 
+def suggest_budget(model: str) -> None:
+    """A preset was chosen: the budget fields take its suggested budget (still editable)."""
+    if model == AUTO:
+        return
+    budget = get_model_class(model).suggested_budget(st.session_state["train_preset"])
+    if "minutes" in budget:
+        st.session_state["budget_kind"] = "minutes"
+        st.session_state["budget_minutes"] = float(budget["minutes"])
+    elif "iterations" in budget:
+        st.session_state["budget_kind"] = "iterations"
+        st.session_state["budget_iterations"] = int(budget["iterations"])
+
+
 def start_form(project) -> None:
     main = model_names(include_advanced=False)
     advanced = [m for m in model_names() if m not in main]
@@ -48,7 +61,12 @@ def start_form(project) -> None:
                 st.caption(cls.description)
             presets, default = list(cls.presets), cls.default_preset
         preset = st.selectbox(
-            "Preset", presets, index=presets.index(default) if default in presets else 0, key="train_preset"
+            "Preset",
+            presets,
+            index=presets.index(default) if default in presets else 0,
+            key="train_preset",
+            on_change=suggest_budget,
+            args=(model,),
         )
         note = "" if model == AUTO else get_model_class(model).describe_preset(preset)
         if note:

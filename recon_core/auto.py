@@ -420,7 +420,7 @@ def _quick_minutes(cfg: AutoConfig, name: str, preset: str | None, minutes: floa
 
     cls = get_model_class(name)
     share = cfg.quick_share * minutes / max(1, len(cfg.quick))
-    own = getattr(cls, "preset_budgets", {}).get(candidate_preset(cls, preset), {}).get("minutes")
+    own = cls.suggested_budget(candidate_preset(cls, preset)).get("minutes")
     return float(min(share, own)) if own else float(share)
 
 

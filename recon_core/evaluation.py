@@ -237,7 +237,7 @@ def training_warnings(model: str | None, preset: str | None, iterations: Any) ->
     if not model or not isinstance(iterations, int):
         return []
     try:
-        suggested = getattr(get_model_class(model), "preset_budgets", {}).get(preset) or {}
+        suggested = get_model_class(model).suggested_budget(preset)
     except ReconError:
         return []
     if "iterations" in suggested:

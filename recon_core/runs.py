@@ -121,7 +121,7 @@ def budget_for(spec: RunSpec, model_cls: Any, preset: str) -> Any:
         if spec.iterations is not None and spec.minutes is not None:
             raise ConfigError("run spec: give iterations or minutes, not both")
         return Budget(iterations=spec.iterations, minutes=spec.minutes)
-    suggested = getattr(model_cls, "preset_budgets", {}).get(preset)
+    suggested = model_cls.suggested_budget(preset)
     if not suggested:
         raise ConfigError(f"run spec: give iterations or minutes (model {spec.model!r} suggests no budget)")
     return Budget(**{k: (int(v) if k == "iterations" else float(v)) for k, v in suggested.items()})

@@ -185,6 +185,18 @@ def test_train_page_says_what_the_preset_is_for_and_what_it_needs() -> None:
     assert "for thin defects" in texts(at) and "Suggested budget: 10 min." in texts(at)
     # the memory estimate is shown for crop-trained presets too (regression: the probe refused cpu-hires)
     assert any(c.value.startswith("Memory: needs about") and "128 px" in c.value for c in at.caption)
+    # choosing a preset fills in its suggested budget (still editable)
+    at.selectbox(key="train_preset").set_value("cpu-fast")
+    at.run()
+    assert at.radio(key="budget_kind").value == "minutes" and at.number_input(key="budget_minutes").value == 3.0
+    at.selectbox(key="train_preset").set_value("gpu")
+    at.run()
+    assert not at.exception and not at.warning
+    assert at.radio(key="budget_kind").value == "iterations"
+    assert at.number_input(key="budget_iterations").value == 8000
+    at.number_input(key="budget_iterations").set_value(1200)
+    at.run()
+    assert at.number_input(key="budget_iterations").value == 1200
 
 
 def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -234,10 +234,15 @@ class AnomalyModel(ABC):
         return config
 
     @classmethod
+    def suggested_budget(cls, preset: str | None = None) -> dict[str, float]:
+        """{"minutes": m} or {"iterations": n}: what the preset was chosen for; {} when it suggests none."""
+        return dict(getattr(cls, "preset_budgets", {}).get(preset or cls.default_preset) or {})
+
+    @classmethod
     def describe_preset(cls, preset: str | None = None) -> str:
         """What a preset is for and its suggested budget, in one line (Train page, `presets` command)."""
         preset = preset or cls.default_preset
-        budget = getattr(cls, "preset_budgets", {}).get(preset) or {}
+        budget = cls.suggested_budget(preset)
         parts = [cls.preset_notes.get(preset, "")]
         if "minutes" in budget:
             parts.append(f"Suggested budget: {budget['minutes']:g} min.")
