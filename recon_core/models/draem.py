@@ -34,7 +34,7 @@ from recon_core.models.layers import (
     UNet,
     draem_widths,
     focal_loss,
-    freeze_for_cpu_inference,
+    freeze_for_inference,
     images_to_tensor,
     mean_pool_max,
     pool_size_for,
@@ -279,14 +279,14 @@ class Draem(LabelledDefectsMixin, AnomalyModel):
         return mean_pool_max(maps, self.pool_size), maps
 
     def inference_nets(self) -> nn.Module:
-        """A frozen copy of the networks for scoring (layers.freeze_for_cpu_inference: batch norm folded, and on
+        """A frozen copy of the networks for scoring (layers.freeze_for_inference: batch norm folded, and on
         the CPU channels_last memory). Rebuilt whenever the weights change."""
         key = weights_key([self.nets])
         if self._fast is None or self._fast[0] != key:
             for module in self.nets.modules():  # a training forward without aux_loss() leaves a graph here
                 if isinstance(module, SSPCAB):
                     module.last_loss = None
-            fast = freeze_for_cpu_inference(copy.deepcopy(self.nets), channels_last=self.device.type == "cpu")
+            fast = freeze_for_inference(copy.deepcopy(self.nets), channels_last=self.device.type == "cpu")
             self._fast = (key, fast)
         return self._fast[1]
 

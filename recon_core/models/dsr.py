@@ -33,7 +33,7 @@ from recon_core.models.base import GPU_SPEED, AnomalyModel, ModelConfig, Predict
 from recon_core.models.layers import (
     UNet,
     focal_loss,
-    freeze_for_cpu_inference,
+    freeze_for_inference,
     images_to_tensor,
     mean_pool_max,
     weights_key,
@@ -723,7 +723,7 @@ class Dsr(LabelledDefectsMixin, AnomalyModel):
         return torch.softmax(logits, dim=1)[:, 1]
 
     def scoring_copy(self) -> Dsr:
-        """On the CPU, a frozen copy of this model for scoring (layers.freeze_for_cpu_inference: batch norm folded,
+        """On the CPU, a frozen copy of this model for scoring (layers.freeze_for_inference: batch norm folded,
         channels_last), as DRAEM's inference_nets; rebuilt whenever the weights change. Elsewhere the model."""
         if self.device.type != "cpu":
             return self
@@ -734,7 +734,7 @@ class Dsr(LabelledDefectsMixin, AnomalyModel):
             twin.load_state_dict(self.state_dict())
             twin.vq.set_codebook_updates(False)
             for net in twin.networks().values():
-                freeze_for_cpu_inference(net)
+                freeze_for_inference(net)
             self._fast = (key, twin)
         return self._fast[1]
 
