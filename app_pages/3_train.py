@@ -37,6 +37,13 @@ def suggest_budget(model: str) -> None:
         st.session_state["budget_iterations"] = int(budget["iterations"])
 
 
+def suggested_minutes(model: str, preset: str) -> float:
+    """The minutes budget the form starts with: the preset's suggestion, else 5."""
+    if model == AUTO:
+        return 5.0
+    return float(get_model_class(model).suggested_budget(preset).get("minutes", 5.0))
+
+
 def start_form(project) -> None:
     main = model_names(include_advanced=False)
     advanced = [m for m in model_names() if m not in main]
@@ -74,7 +81,8 @@ def start_form(project) -> None:
     with c2:
         budget_kind = st.radio("Budget", ["minutes", "iterations"], horizontal=True, key="budget_kind")
         if budget_kind == "minutes":
-            amount = st.number_input("Training minutes", 0.5, 24 * 60.0, 5.0, 0.5, key="budget_minutes")
+            first = suggested_minutes(model, preset)  # the widget's first value; later set by suggest_budget
+            amount = st.number_input("Training minutes", 0.5, 24 * 60.0, first, 0.5, key="budget_minutes")
         else:
             amount = st.number_input("Training iterations", 1, 1_000_000, 500, 50, key="budget_iterations")
         cluster = run_on()

@@ -179,6 +179,7 @@ def test_train_page_renders_and_switches_budget() -> None:
 
 def test_train_page_says_what_the_preset_is_for_and_what_it_needs() -> None:
     at = run_page("3_train.py")
+    assert at.number_input(key="budget_minutes").value == 10.0  # DRAEM cpu's suggested budget from the start
     at.selectbox(key="train_preset").set_value("cpu-hires")
     at.run()
     assert not at.exception
