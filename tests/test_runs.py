@@ -188,3 +188,13 @@ def test_synthetic_test_set_from_one_good_image():
     assert ts.masks[0].sum() == 0 and ts.masks[1].sum() > 0 and ts.masks[2].sum() > 0
     again = synthetic_test_set(tiny_images(1), ["a.png"], SynthConfig(texture_source="noise"), 32)
     np.testing.assert_array_equal(ts.images, again.images)  # seeded: every run judged on the same defects
+
+
+def test_a_dsr_run_without_a_budget_gets_the_minutes_its_preset_was_measured_with():
+    # regression: DSR declared no suggested budget, so `train --model dsr` without --minutes/--iterations failed
+    from recon_core.models import get_model_class
+    from recon_core.runs import budget_for
+
+    dsr = get_model_class("dsr")
+    budget = budget_for(RunSpec(data="unused", model="dsr"), dsr, "cpu")
+    assert budget.minutes == 10.0 and budget.iterations is None
