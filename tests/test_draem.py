@@ -253,6 +253,20 @@ def test_ssim() -> None:
     assert ssim_map(torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)).shape == (1, 4, 4)  # smaller than the window
 
 
+def test_ssim_stays_float32_under_bf16_autocast() -> None:
+    # regression: on smooth photos (tire) bf16 autocast gave SSIM far outside [-1, 1] and a NaN loss at DRAEM's
+    # first step; the variances E[x^2] - E[x]^2 need float32
+    g = torch.Generator().manual_seed(0)
+    x = 0.3 + 0.01 * torch.rand(2, 3, 64, 64, generator=g)
+    y = x + 0.005 * torch.rand(2, 3, 64, 64, generator=g)
+    expected = ssim_map(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ssim_map(x, y)
+        loss = ssim_loss(x.bfloat16(), y.bfloat16())
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5)
+    assert loss.dtype == torch.float32 and float(loss) == pytest.approx(1 - float(expected.mean()), abs=2e-3)
+
+
 def test_focal_loss_hand_values() -> None:
     logits = torch.tensor([[[[2.0]], [[0.0]]]])  # p(class 0) = sigmoid(2)
     p0 = torch.sigmoid(torch.tensor(2.0))

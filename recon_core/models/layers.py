@@ -304,7 +304,15 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 
 
     Gaussian window (11, sigma 1.5) and the constants of Wang et al. 2004 with data range 1. Borders are
     reflect-padded (replicate when the image is smaller than the window) so edge pixels are not biased low.
+    Always float32, also under bf16/fp16 autocast: the variances are differences of nearly equal local means
+    (E[x²] - E[x]²), which 8 mantissa bits turn into SSIM values far outside [-1, 1], and into NaN on smooth
+    images (a DRAEM step on real tire photos under bf16 failed at its first iteration).
     """
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim_map_fp32(x.float(), y.float(), window, sigma)
+
+
+def _ssim_map_fp32(x: torch.Tensor, y: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
     channels = x.shape[1]
     kernel = _gaussian_kernel(window, sigma, channels, x)
     pad = window // 2
