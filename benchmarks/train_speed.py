@@ -2,6 +2,9 @@
 share of the loop's time spent waiting for batches (data synthesis + copy), for a number of data workers.
 
     python benchmarks/train_speed.py --model draem --preset cpu --iterations 20 --workers 0 1 2 [--json out.jsonl]
+    python benchmarks/train_speed.py --presets cpu --set '{}' '{"precision": "bf16", "channels_last": true}'
+
+`--set`: config overrides to compare (JSON, one measurement each), e.g. precision and memory layout.
 
 Each measurement: a fresh model, a 2-iteration warm-up fit (allocator, kernel choice, worker start-up), then a timed
 fit of --iterations. Images are 32 smooth random pictures at the preset's size (speed does not depend on content).
@@ -33,14 +36,33 @@ def images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.clip(out + rng.normal(0, 0.02, out.shape), 0, 1).astype(np.float32)
 
 
-def measure(model_name: str, preset: str, batch: int | None, iterations: int, workers: int | None, device: str) -> dict:
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(
+    model_name: str,
+    preset: str,
+    batch: int | None,
+    iterations: int,
+    workers: int | None,
+    device: str,
+    overrides: dict | None = None,
+) -> dict:
     from recon_core.models import get_model_class
     from recon_core.models.base import Budget
     from recon_core.synth import SynthConfig
     from recon_core.train import fit
 
     cls = get_model_class(model_name)
-    config = cls.config_from_preset(preset, batch_size=batch)
+    config = cls.config_from_preset(preset, batch_size=batch, **(overrides or {}))
     data = images(32, config.image_size)
     kwargs = {}
     has_workers = "data_workers" in inspect.signature(fit).parameters
@@ -61,6 +83,8 @@ def measure(model_name: str, preset: str, batch: int | None, iterations: int, wo
         "image_size": int(config.image_size),
         "batch_size": b,
         "precision": getattr(config, "precision", "fp32"),
+        "channels_last": bool(getattr(config, "channels_last", False)),
+        "overrides": overrides or {},
         "device": str(device) if device != "cuda" else f"cuda ({torch.cuda.get_device_name()})",
         "workers": getattr(summary, "data_workers", "inline") if has_workers else "inline",
         "iterations": summary.iterations,
@@ -73,7 +97,8 @@ def measure(model_name: str, preset: str, batch: int | None, iterations: int, wo
         "threads": torch.get_num_threads(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
+        "cpu_amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
         "torch": torch.__version__,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -88,20 +113,22 @@ def main() -> int:
     p.add_argument("--workers", nargs="+", type=int, default=[-1], help="data workers to compare (-1: the default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--set", nargs="+", default=["{}"], help="config overrides to compare, JSON each")
     p.add_argument("--tag", default="")
     p.add_argument("--json", help="append one JSON line per measurement here")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     for preset in args.presets:
-        for workers in args.workers:
-            chosen = None if workers < 0 else workers
-            row = {**measure(args.model, preset, args.batch, args.iterations, chosen, args.device), "tag": args.tag}
-            line = json.dumps(row)
-            print(line, flush=True)
-            if args.json:
-                with open(args.json, "a") as fh:
-                    fh.write(line + "\n")
+        for overrides in [json.loads(text) for text in args.set]:
+            for workers in args.workers:
+                chosen = None if workers < 0 else workers
+                row = measure(args.model, preset, args.batch, args.iterations, chosen, args.device, overrides)
+                line = json.dumps({**row, "tag": args.tag})
+                print(line, flush=True)
+                if args.json:
+                    with open(args.json, "a") as fh:
+                        fh.write(line + "\n")
     return 0
 
 

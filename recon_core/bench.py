@@ -66,6 +66,7 @@ COLUMNS = (
     "image_size",
     "batch_size",
     "device",
+    "precision",
     "threads",
     "cpu",
     "cores",
@@ -73,7 +74,7 @@ COLUMNS = (
     "tag",
     "error",
 )
-GROUP_KEYS = ("model", "preset", "overrides", "category", "shots", "labelled_defects", "budget")
+GROUP_KEYS = ("model", "preset", "overrides", "category", "shots", "labelled_defects", "budget", "precision")
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "train_s", "train_images_per_s", "infer_ms_per_image")
 # timings swing with the machine's load (shared 2-core box): the summary gives their median, not mean ± std
 TIMING_METRICS = ("train_s", "train_images_per_s", "infer_ms_per_image")
@@ -291,6 +292,7 @@ def run_one(
         "image_size": net.config.image_size,
         "batch_size": net.config.batch_size,
         "device": str(net.device),
+        "precision": metrics.get("precision"),  # what training ran in ("auto" resolves per machine)
     }
     return row
 
@@ -333,6 +335,8 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
 def _group_value(row: dict[str, Any], key: str) -> str:
     if key == "labelled_defects":  # rows from before the column existed had none
         return str(row.get(key) or 0)
+    if key == "precision":  # rows from before the column existed all trained in float32
+        return str(row.get(key) or "fp32")
     return str(row.get(key, ""))
 
 

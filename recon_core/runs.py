@@ -276,6 +276,7 @@ def execute_run(
     from recon_core.memory import check_fits
     from recon_core.models import get_model_class
     from recon_core.normalisation import calibrate as calibrate_normalisation
+    from recon_core.precision import training_precision
     from recon_core.seeding import seeded_model
     from recon_core.train import fit
 
@@ -307,7 +308,15 @@ def execute_run(
         if needs is not None:
             log.info("memory: %s", needs.describe())
         data_path = resolve_data_path(spec.data)
-        log.info("run %s: model %s preset %s on %s, data %s", run_dir.name, spec.model, preset, device, data_path)
+        log.info(
+            "run %s: model %s preset %s on %s (%s), data %s",
+            run_dir.name,
+            spec.model,
+            preset,
+            device,
+            training_precision(config, device),
+            data_path,
+        )
 
         dataset = load_dataset(data_path, config.image_size, shots=spec.shots, seed=spec.seed)
         if spec.exclude_paths:
@@ -410,6 +419,7 @@ def execute_run(
             "final_losses": summary.final_losses,
             "n_train": len(train_images),
             "device": describe_device(device),
+            "precision": training_precision(model.config, model.device),
             "threshold": None if threshold is None else to_dict(threshold),
             "normalisation": getattr(model.normaliser, "mode", "none"),
             "normalisation_validation": norm_figures,

@@ -212,6 +212,7 @@ def test_real_tiny_bench_run(tmp_path) -> None:
     assert row["iterations"] == 3 and row["train_s"] > 0 and row["image_size"] == 32
     assert (row["n_good"], row["n_defect"], row["labelled_defects"]) == (3, 3, 0)
     assert row["normalisation"] in ("none", "global")  # recorded; never per-pixel from training goods
+    assert row["precision"] == "fp32"  # what training ran in ("auto" resolves per machine)
     # AAE uses labelled defects: the one it trains on leaves the evaluation (3 defects in the test split -> 2)
     aae = bench.BenchConfig(models=["aae"], categories=["cat"], shots=[4], iterations=3, labelled_defects=[1],
                             model_overrides={"image_size": 16, "width": 4, "blocks": 2, "batch_size": 4},
@@ -221,3 +222,10 @@ def test_real_tiny_bench_run(tmp_path) -> None:
     assert (row["n_good"], row["n_defect"], row["labelled_defects"]) == (3, 2, 1)
     for ext in ("csv", "json", "md"):
         assert (out / f"bench.{ext}").stat().st_size > 0
+
+
+def test_rows_that_trained_in_another_precision_are_summarised_apart() -> None:
+    base = {"model": "draem", "preset": "cpu", "category": "c", "shots": 20, "budget": "10 it", "image_auroc": 0.5}
+    rows = [dict(base), {**base, "precision": "fp32", "image_auroc": 0.7}, {**base, "precision": "bf16"}]
+    groups = {e["precision"]: e["seeds"] for e in bench.summarise(rows)}
+    assert groups == {"fp32": 2, "bf16": 1}  # rows from before the column trained in float32

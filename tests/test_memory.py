@@ -43,10 +43,15 @@ def test_wider_networks_need_more():
     assert memory.estimate("draem", _cfg(disc_width=8)).total > memory.estimate("draem", _cfg()).total
 
 
-def test_mixed_precision_is_counted_where_it_applies():
+def test_mixed_precision_is_counted_where_it_applies(monkeypatch):
+    from recon_core import precision
+
     cfg = _cfg(precision="bf16")
     assert memory.estimate("draem", cfg, "cpu").mixed_precision
-    assert not memory.estimate("draem", _cfg(precision="auto"), "cpu").mixed_precision  # auto = fp32 off CUDA
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    assert not memory.estimate("draem", _cfg(precision="auto"), "cpu").mixed_precision  # auto = fp32 without AMX
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    assert memory.estimate("draem", _cfg(precision="auto"), "cpu").mixed_precision  # and bf16 with it
     assert memory.estimate("draem", cfg).activations < memory.estimate("draem", _cfg()).activations
 
 

@@ -111,11 +111,15 @@ def test_default_workers_are_zero_on_cpu_and_overridable(monkeypatch):
     assert default_workers(torch.device("cpu")) == 2
 
 
-def test_precision_choices():
+def test_precision_choices(monkeypatch):
     cpu = torch.device("cpu")
     cfg = Draem.config_from_preset("gpu")
     assert cfg.precision == "auto" and cfg.channels_last and cfg.cudnn_benchmark
-    assert precision.autocast_dtype(cfg, cpu) is None  # "auto" is fp32 off CUDA
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    assert precision.autocast_dtype(cfg, cpu) is None  # "auto" is fp32 on a CPU without AMX
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    assert precision.autocast_dtype(cfg, cpu) is torch.bfloat16  # and bf16 where AMX runs it natively
+    assert precision.autocast_dtype(cfg, torch.device("meta")) is None  # other devices: fp32
     assert precision.autocast_dtype(Draem.config_from_preset("cpu", precision="bf16"), cpu) is torch.bfloat16
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         precision.autocast_dtype(Draem.config_from_preset("cpu", precision="fp16"), cpu)
