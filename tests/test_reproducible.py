@@ -65,14 +65,18 @@ def _run_child(spec: dict, run_dir: Path, draws: int) -> tuple[np.ndarray, np.nd
         return np.array(data["scores"]), np.array(data["maps"])
 
 
-@pytest.mark.parametrize("name", ["draem", "autoencoder"])
-def test_two_processes_one_seed_give_identical_scores(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "speed"),
+    [("draem", {}), ("autoencoder", {}), ("draem", {"precision": "bf16", "channels_last": True})],
+    ids=["draem", "autoencoder", "draem-bf16"],
+)
+def test_two_processes_one_seed_give_identical_scores(name: str, speed: dict, tmp_path: Path) -> None:
     data = make_mvtec(tmp_path / "data")
     spec = {
         "data": str(data),
         "model": name,
         "preset": "cpu",
-        "model_overrides": {**TINY[name], "batch_size": 4},
+        "model_overrides": {**TINY[name], "batch_size": 4, **speed},
         "iterations": 8,
         "seed": 5,
         "checkpoint_every": 0,
