@@ -21,9 +21,13 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+# this checkout's recon_core, unless PYTHONPATH names another (run_pipeline_cpu.sh times older worktrees)
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 
 def images(n: int, size: int, seed: int = 0) -> np.ndarray:
