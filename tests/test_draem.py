@@ -267,6 +267,19 @@ def test_ssim_stays_float32_under_bf16_autocast() -> None:
     assert loss.dtype == torch.float32 and float(loss) == pytest.approx(1 - float(expected.mean()), abs=2e-3)
 
 
+def test_focal_loss_is_float32_from_bf16_logits_under_cpu_autocast() -> None:
+    # regression: CPU autocast keeps log_softmax in bf16, so DRAEM's/DSR's focal loss was computed in 8-bit mantissas
+    g = torch.Generator().manual_seed(0)
+    logits = 6 * torch.randn(2, 2, 32, 32, generator=g)
+    target = (torch.rand(2, 32, 32, generator=g) > 0.9).float()
+    expected = focal_loss(logits, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = focal_loss(logits.bfloat16(), target)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(float(focal_loss(logits.bfloat16().float(), target)), rel=1e-5)
+    assert float(got) == pytest.approx(float(expected), rel=0.05)
+
+
 def test_focal_loss_hand_values() -> None:
     logits = torch.tensor([[[[2.0]], [[0.0]]]])  # p(class 0) = sigmoid(2)
     p0 = torch.sigmoid(torch.tensor(2.0))

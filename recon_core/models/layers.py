@@ -348,7 +348,10 @@ def focal_loss(
     inputs: (B, C, H, W) logits (from_logits=True, computed stably with log_softmax) or probabilities.
     target: (B, H, W) or (B, 1, H, W) class indices (a {0,1} float mask works for C = 2).
     alpha: optional per-class weights. loss = -alpha_t * (1 - p_t)**gamma * log(p_t).
+    Computed in float32 from 16-bit logits too: CPU autocast (unlike CUDA's) leaves log_softmax in bf16, where
+    (1 - p_t) of the well-classified pixels, most of the map, has 8 bits and the focal weights go coarse.
     """
+    inputs = inputs.float()
     if target.dim() == inputs.dim():
         target = target[:, 0]
     index = target.long().unsqueeze(1)
