@@ -3,8 +3,8 @@
 `precision`: "fp32" (default), "auto" (CUDA: bf16 autocast where the GPU supports it, else fp16 with gradient
 scaling; CPU: bf16 where the CPU has AMX tiles, which run bf16 convolutions natively, else fp32; other devices:
 fp32), "bf16" (autocast to bfloat16 on any device; on a CPU without AMX it is emulated and usually slower),
-"fp16" (CUDA only, with gradient scaling). Losses stay float32 (autocast runs reductions and
-losses in float32) and are checked finite by train.fit.
+"fp16" (CUDA only, with gradient scaling). Losses stay float32 (SSIM and the focal loss upcast themselves: CPU
+autocast, unlike CUDA's, leaves log_softmax in bf16) and are checked finite by train.fit.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def check_settings(config: ModelConfig, where: str) -> None:
 
 
 # what GPU presets add: bf16 autocast (fp16 + gradient scaling on GPUs without bf16), NHWC, cuDNN autotuning;
-# "auto" precision and cuDNN settings do nothing on a CPU
+# on a CPU cuDNN settings do nothing and "auto" precision is bf16 only where the CPU has AMX (recon_core/precision.py)
 GPU_SPEED: dict[str, Any] = {"precision": "auto", "channels_last": True, "cudnn_benchmark": True}
 
 
