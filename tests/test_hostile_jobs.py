@@ -311,3 +311,27 @@ def test_stale_temporaries_only_of_dead_writers_are_removed(tmp_path: Path) -> N
     finally:
         live.kill()
         live.wait()
+
+
+def test_processes_opening_a_new_job_database_at_one_instant_all_get_it(tmp_path: Path) -> None:
+    # regression: SQLite answers "database is locked" at once (no busy wait) to a second process switching a new
+    # database file to WAL; the app and a CLI `jobs submit` starting together failed ("cannot open the job database")
+    code = (
+        "import sys, time; from recon_core.jobs.records import JobRecords\n"
+        "for i in range(12):  # twelve new workspaces, each opened by both processes at one instant\n"
+        "    time.sleep(max(0, float(sys.argv[2]) + 0.25 * i - time.time()))\n"
+        "    JobRecords(f'{sys.argv[1]}/ws{i}').list_jobs()\n"
+    )
+    start_at = time.time() + 4.0  # both processes have imported by then
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path), str(start_at)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    errors = [err for p in procs for _, err in [p.communicate(timeout=60)] if p.returncode != 0]
+    assert not errors, errors

@@ -337,6 +337,22 @@ def _storable(text: str | None) -> str | None:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting for a process doing the same. SQLite answers "database is locked" at once, without
+    its busy handler, when two processes open a new database file at the same instant (the app and a CLI
+    `jobs submit`; reproduced in 28 of 40 tries of two processes started together), so retry up to the busy
+    timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class JobRecords:
     """The job table in `<workspace>/jobs.sqlite`: what every process (app, CLI, worker) reads and changes.
 
@@ -363,7 +379,7 @@ class JobRecords:
             conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes, fast commits
             self._local.conn = conn
         return conn
