@@ -24,24 +24,20 @@ from recon_core.runs import RunSpec
 POLL_S = 2.0
 
 
+def preset_budget(model: str, preset: str) -> dict[str, float]:
+    """The budget `preset` was chosen for ({} for AUTO, whose candidates each have their own)."""
+    return {} if model == AUTO else get_model_class(model).suggested_budget(preset)
+
+
 def suggest_budget(model: str) -> None:
     """A preset was chosen: the budget fields take its suggested budget (still editable)."""
-    if model == AUTO:
-        return
-    budget = get_model_class(model).suggested_budget(st.session_state["train_preset"])
+    budget = preset_budget(model, st.session_state["train_preset"])
     if "minutes" in budget:
         st.session_state["budget_kind"] = "minutes"
         st.session_state["budget_minutes"] = float(budget["minutes"])
     elif "iterations" in budget:
         st.session_state["budget_kind"] = "iterations"
         st.session_state["budget_iterations"] = int(budget["iterations"])
-
-
-def suggested_minutes(model: str, preset: str) -> float:
-    """The minutes budget the form starts with: the preset's suggestion, else 5."""
-    if model == AUTO:
-        return 5.0
-    return float(get_model_class(model).suggested_budget(preset).get("minutes", 5.0))
 
 
 def start_form(project) -> None:
@@ -81,7 +77,7 @@ def start_form(project) -> None:
     with c2:
         budget_kind = st.radio("Budget", ["minutes", "iterations"], horizontal=True, key="budget_kind")
         if budget_kind == "minutes":
-            first = suggested_minutes(model, preset)  # the widget's first value; later set by suggest_budget
+            first = float(preset_budget(model, preset).get("minutes", 5.0))  # later values: suggest_budget
             amount = st.number_input("Training minutes", 0.5, 24 * 60.0, first, 0.5, key="budget_minutes")
         else:
             amount = st.number_input("Training iterations", 1, 1_000_000, 500, 50, key="budget_iterations")

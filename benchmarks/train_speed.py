@@ -102,6 +102,7 @@ def measure(
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cpu": cpu_name(),
+        # as recon_core.precision.cpu_has_amx, which older checkouts timed by this script lack
         "cpu_amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
         "torch": torch.__version__,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
