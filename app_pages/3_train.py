@@ -198,6 +198,7 @@ def auto_choice(record: dict) -> None:
                 "iterations": c.get("iterations"),
                 "train s": c.get("train_seconds"),
                 "real-defect score": v.get("real_signal"),
+                "leader ahead in (resamples)": v.get("real_lead_share"),
                 "probe image AUROC": v.get("probe_image_auroc"),
                 "probe pixel AUROC": v.get("probe_pixel_auroc"),
                 "probes caught, no false alarm": v.get("probe_detected_without_false_alarm"),
@@ -209,8 +210,13 @@ def auto_choice(record: dict) -> None:
         f"Chosen on {len(record['held_out_goods'])} held-out training goods"
         + (
             f" and {len(record['validation_defects'])} real defect image(s) no candidate trained on"
-            if record["validation_defects"]
+            if record["validation_defects"] and not record.get("real_defects_not_decisive")
             else f" and {record.get('n_probe_defects', 0)} probe defects of kinds no candidate trained on"
+            + (
+                f" ({len(record['validation_defects'])} real defect image(s) were too few to decide)"
+                if record.get("real_defects_not_decisive")
+                else ""
+            )
         )
         + "; the test images never took part in the choice."
     )

@@ -47,7 +47,7 @@ def check(run: Path) -> dict:
         test_maps[name] = (ev["maps"].astype(np.float32) - mu) / sd
         labels, masks = ev["labels"], ev["masks"]
         out[name] = {
-            "probe_image_auroc": auto.score_candidate(model, probes, None)["probe_image_auroc"],
+            "probe_image_auroc": auto.score_candidate(model, probes, None)[0]["probe_image_auroc"],
             "test_image_auroc": metrics.image_auroc(labels, ev["scores"]),
             "test_pixel_auroc": metrics.pixel_auroc(masks, ev["maps"]) if masks.max() > 0 else None,
         }

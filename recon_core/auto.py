@@ -7,8 +7,11 @@ lost 0.62 to 1.00 on another), so the choice is measured per product:
 * Held-out goods: a seeded share of the training goods is withheld from every candidate's training.
 * With K >= 1 real defect images (RunSpec.labelled_defects): the ones that choose never train. If a candidate can
   train on real defects, K // 2 of them (at least 1) choose and the rest train; otherwise all K choose. They all
-  leave the test evaluation, as training defects do. Real defects decide; candidates within `tie_margin` of the
-  best are separated by the probe defects.
+  leave the test evaluation, as training defects do. Real defects decide when they are decisive: the leader stays
+  ahead of every other candidate in at least `decisive_share` of paired bootstrap resamples of the choosing
+  defects and held-out goods (2 defects and 4 goods are a small sample; a lead that rests on one defect image is
+  not a choice). Otherwise the probe defects decide, as without real defects. Candidates within `tie_margin` of
+  the best are separated by the secondary signal.
 * Without real defects: probe defects (probe_defects.py: scratches, stains, moved patches, blur at three
   strengths) on the held-out goods, a kind no candidate trained on. The signal is the mean image AUROC of held-out
   goods against each kind and strength; near ties go to the better probe pixel AUROC.
@@ -62,6 +65,9 @@ class AutoConfig:
     quick_iterations: int = 250  # cap for a quick candidate under an iterations budget
     holdout_share: float = 0.2  # of the training goods, withheld from training to choose on
     tie_margin: float = 0.02
+    # real defects decide only if the leader wins this share of bootstrap resamples of the choosing images
+    decisive_share: float = 0.9
+    bootstrap_resamples: int = 200
     candidate_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> config overrides
 
     def __post_init__(self) -> None:
@@ -82,6 +88,8 @@ class AutoConfig:
             raise ConfigError("auto: quick_share and holdout_share must be between 0 and 1")
         if self.quick_iterations < 1 or self.tie_margin < 0:
             raise ConfigError("auto: quick_iterations must be >= 1 and tie_margin >= 0")
+        if not 0.5 <= self.decisive_share <= 1 or self.bootstrap_resamples < 1:
+            raise ConfigError("auto: decisive_share must be between 0.5 and 1 and bootstrap_resamples >= 1")
 
     @property
     def candidates(self) -> list[str]:
@@ -163,6 +171,10 @@ def describe_plan(cfg: AutoConfig, n_goods: int, k_defects: int) -> str:
         text += f"{k_val} real defect image(s) choose the model" + (
             f" and {k_train} train the models that use real defects. " if k_train else ". "
         )
+        text += (
+            "If so few that the lead rests on one image (the leader ahead in under "
+            f"{cfg.decisive_share:.0%} of resamples of them), the probe defects choose instead. "
+        )
     else:
         text += (
             "With no real defect images it chooses on probe defects no candidate trained on (scratches, stains, "
@@ -207,9 +219,43 @@ def _auroc(metrics: Any, labels: np.ndarray, scores: np.ndarray) -> float | None
     return None if value is None or np.isnan(value) else float(value)
 
 
-def score_candidate(model: Any, probes: Any, real: dict[str, Any] | None) -> dict[str, Any]:
+@dataclass
+class RealEvidence:
+    """One candidate's scores on the choosing images: held-out goods (label 0) then real defects (label 1)."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray | None
+    maps: np.ndarray
+
+    def signal(self, index: np.ndarray | None = None) -> tuple[float | None, float | None, float | None]:
+        """-> (real signal = mean of the defined parts, image AUROC, pixel AUROC) on the images `index`."""
+        from recon_core import metrics
+
+        i = np.arange(len(self.labels)) if index is None else index
+        image = _auroc(metrics, self.labels[i], self.scores[i])
+        pixel = None if self.masks is None else _round(metrics.pixel_auroc(self.masks[i], self.maps[i]))
+        parts = [v for v in (image, pixel) if v is not None]
+        return (float(np.mean(parts)) if parts else None), image, pixel
+
+
+def lead_share(leader: RealEvidence, other: RealEvidence, resamples: int, seed: int) -> float:
+    """Share of paired bootstrap resamples (goods and defects each drawn with replacement, the same draw for both
+    candidates) in which `leader`'s real signal beats `other`'s; ties count half."""
+    rng = np.random.default_rng(seed)
+    goods, defects = np.flatnonzero(leader.labels == 0), np.flatnonzero(leader.labels == 1)
+    wins = 0.0
+    for _ in range(resamples):
+        index = np.concatenate([rng.choice(goods, len(goods)), rng.choice(defects, len(defects))])
+        a, b = leader.signal(index)[0], other.signal(index)[0]
+        a, b = -1.0 if a is None else a, -1.0 if b is None else b
+        wins += 1.0 if a > b else 0.5 if a == b else 0.0
+    return wins / resamples
+
+
+def score_candidate(model: Any, probes: Any, real: dict[str, Any] | None) -> tuple[dict[str, Any], RealEvidence | None]:
     """Validation signals of one trained model (scored as its bundle scores, map normalisation included): probe
-    defects on held-out goods, and real defects if any."""
+    defects on held-out goods, and real defects if any (-> also their per-image evidence, for lead_share)."""
     from recon_core import metrics
 
     size = probes.images.shape[1]
@@ -232,23 +278,18 @@ def score_candidate(model: Any, probes: Any, real: dict[str, Any] | None) -> dic
         "probe_image_auroc_by_kind": per_kind,
         "held_out_good_scores": [round(float(s), 6) for s in scores[goods]],
     }
-    if real is not None:
-        rp = model.score(_resize_images(real["images"], model.config.image_size), batch_size=batch)
-        r_scores = np.concatenate([scores[goods], np.asarray(rp.image_scores, np.float64)])
-        r_labels = np.concatenate([np.zeros(int(goods.sum()), int), np.ones(len(real["images"]), int)])
-        image = _auroc(metrics, r_labels, r_scores)
-        pixel = None
-        if real["masks"] is not None:
-            r_maps = np.concatenate([maps[goods], _resize_maps(np.asarray(rp.maps), size)])
-            r_masks = np.concatenate([probes.masks[goods], real["masks"]])
-            pixel = _round(metrics.pixel_auroc(r_masks, r_maps))
-        parts = [v for v in (image, pixel) if v is not None]
-        out.update(
-            real_image_auroc=None if image is None else round(image, 4),
-            real_pixel_auroc=pixel,
-            real_signal=round(float(np.mean(parts)), 4) if parts else None,
-        )
-    return out
+    if real is None:
+        return out, None
+    rp = model.score(_resize_images(real["images"], model.config.image_size), batch_size=batch)
+    evidence = RealEvidence(
+        labels=np.concatenate([np.zeros(int(goods.sum()), int), np.ones(len(real["images"]), int)]),
+        scores=np.concatenate([scores[goods], np.asarray(rp.image_scores, np.float64)]),
+        masks=None if real["masks"] is None else np.concatenate([probes.masks[goods], real["masks"]]),
+        maps=np.concatenate([maps[goods], _resize_maps(np.asarray(rp.maps), size)]),
+    )
+    signal, image, pixel = evidence.signal()
+    out.update(real_image_auroc=_round(image), real_pixel_auroc=pixel, real_signal=_round(signal))
+    return out, evidence
 
 
 def _round(value: float | None) -> float | None:
@@ -259,10 +300,35 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def choose(signals: dict[str, dict[str, Any]], tie_margin: float) -> tuple[str, str]:
-    """-> (winner, reason). Real defects decide when there are any; near ties go to the secondary signal."""
+def real_decisive(
+    signals: dict[str, dict[str, Any]], evidence: dict[str, RealEvidence], cfg: AutoConfig, seed: int
+) -> tuple[bool, str]:
+    """Do the real defects pick a candidate beyond their sampling noise? Stores each candidate's
+    `real_lead_share` (the leader's share of resamples against it) in its signals; -> (decisive, summary)."""
     names = list(signals)
-    real = all(signals[n].get("real_signal") is not None for n in names)
+    if len(names) < 2 or not all(n in evidence for n in names):
+        return True, ""
+    leader = max(names, key=lambda n: -1.0 if signals[n].get("real_signal") is None else signals[n]["real_signal"])
+    shares = {}
+    for n in names:
+        if n != leader:
+            shares[n] = round(lead_share(evidence[leader], evidence[n], cfg.bootstrap_resamples, seed), 3)
+            signals[n]["real_lead_share"] = shares[n]
+    n_def = int(evidence[leader].labels.sum())
+    summary = (
+        f"on the real defects {leader} leads "
+        + ", ".join(f"{n} in {shares[n]:.0%}" for n in shares)
+        + f" of {cfg.bootstrap_resamples} resamples of the {n_def} choosing defect(s) and "
+        + f"{len(evidence[leader].labels) - n_def} held-out goods"
+    )
+    return min(shares.values()) >= cfg.decisive_share, summary
+
+
+def choose(signals: dict[str, dict[str, Any]], tie_margin: float, real_is_decisive: bool = True) -> tuple[str, str]:
+    """-> (winner, reason). Real defects decide when there are any and they are decisive (real_decisive); else the
+    probe defects. Near ties go to the secondary signal."""
+    names = list(signals)
+    real = real_is_decisive and all(signals[n].get("real_signal") is not None for n in names)
     primary, secondary = ("real_signal", "probe_image_auroc") if real else ("probe_image_auroc", "probe_pixel_auroc")
     labels = {
         "real_signal": "real-defect score (mean of image and pixel AUROC on the held-out defects and goods)",
@@ -424,10 +490,40 @@ def _quick_minutes(cfg: AutoConfig, name: str, preset: str | None, minutes: floa
     return float(min(share, own)) if own else float(share)
 
 
-def run_auto(spec: Any, run_dir: str | Path, *, progress: Any = None, should_stop: Any = None, resume: bool = False):
+@dataclass
+class Choice:
+    winner: str
+    reason: str
+    signals: dict[str, dict[str, Any]]
+    real_decided: bool  # real defects chose (there were some and they were decisive)
+    probes: Any
+
+
+def choose_trained(run_dir: Path, spec: Any, cfg: AutoConfig, split: _Split, names: list[str]) -> Choice:
+    """Score the trained candidates (run_dir/candidates/<name>/model.pt) on the probes and the choosing defects and
+    pick one. Deterministic given the run's spec: a kept run's choice can be replayed (benchmarks/auto_rechoose.py)."""
     from recon_core.bundle import load_bundle
-    from recon_core.models import get_model_class
     from recon_core.probe_defects import make_probe_set
+
+    probes = make_probe_set(split.goods, spec.seed + PROBE_SEED_OFFSET, regions=split.regions)
+    signals, evidence = {}, {}
+    for name in names:
+        loaded = load_bundle(run_dir / "candidates" / name / "model.pt", spec.device)
+        signals[name], found = score_candidate(loaded.model, probes, split.real)
+        if found is not None:
+            evidence[name] = found
+    decisive, summary = real_decisive(signals, evidence, cfg, spec.seed) if evidence else (True, "")
+    # a decisive real-defect lead is the choice; the tie margin is for signals without a measured noise
+    winner, reason = choose(signals, 0.0 if evidence and decisive else cfg.tie_margin, decisive)
+    if summary:
+        reason += (
+            f" ({summary})" if decisive else f" (real defects not decisive: {summary}, {cfg.decisive_share:.0%} needed)"
+        )
+    return Choice(winner, reason, signals, bool(evidence) and decisive, probes)
+
+
+def run_auto(spec: Any, run_dir: str | Path, *, progress: Any = None, should_stop: Any = None, resume: bool = False):
+    from recon_core.models import get_model_class
     from recon_core.runs import RunResult, RunSpec, _attach_log, execute_run, resolve_data_path
 
     run_dir = Path(run_dir)
@@ -491,15 +587,11 @@ def run_auto(spec: Any, run_dir: str | Path, *, progress: Any = None, should_sto
             results[name] = result.metrics
             tracker.done(result.metrics.get("iterations", 0), result.metrics.get("train_seconds", 0.0))
 
-        probes = make_probe_set(split.goods, spec.seed + PROBE_SEED_OFFSET, regions=split.regions)
-        signals = {}
-        for name in names:
-            loaded = load_bundle(run_dir / "candidates" / name / "model.pt", spec.device)
-            signals[name] = score_candidate(loaded.model, probes, split.real)
-        winner, reason = choose(signals, cfg.tie_margin)
+        choice = choose_trained(run_dir, spec, cfg, split, names)
+        winner, reason, signals, probes = choice.winner, choice.reason, choice.signals, choice.probes
         log.info("auto: chose %s (%s)", winner, reason)
         tracker.finish()
-        record = _record(cfg, names, results, signals, winner, reason, split, budget, probes)
+        record = _record(cfg, names, results, signals, winner, reason, split, budget, probes, choice.real_decided)
         metrics = _assemble(run_dir, winner, record, started)
         return RunResult(str(run_dir / "model.pt"), metrics)
     finally:
@@ -507,12 +599,13 @@ def run_auto(spec: Any, run_dir: str | Path, *, progress: Any = None, should_sto
         handler.close()
 
 
-def _record(cfg, names, results, signals, winner, reason, split, budget, probes) -> dict[str, Any]:
+def _record(cfg, names, results, signals, winner, reason, split, budget, probes, real_decided) -> dict[str, Any]:
     test_keys = ("image_auroc", "pixel_auroc", "aupro", "synthetic")
     return {
         "winner": winner,
         "reason": reason,
-        "signal": "real defects" if split.real is not None else "probe defects",
+        "signal": "real defects" if real_decided else "probe defects",
+        "real_defects_not_decisive": split.real is not None and not real_decided,
         "budget": {"iterations": budget.iterations, "minutes": budget.minutes, "quick_share": cfg.quick_share},
         "held_out_goods": split.held_goods,
         "validation_defects": split.validation_defects,

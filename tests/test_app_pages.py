@@ -239,6 +239,17 @@ def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.Mo
         table = next(d.value for d in at.dataframe if "probe image AUROC" in d.value.columns)
         assert list(table["model"]) == ["autoencoder", "draem (kept)"]
         assert list(table["probe image AUROC"]) == [0.64, 0.91]
+        # real defects that were too few to decide: the caption says the probes chose, the table shows the lead
+        record["validation_defects"] = ["d1.png", "d2.png"]
+        record["real_defects_not_decisive"] = True
+        record["candidates"][0]["validation"].update(real_signal=0.86)
+        record["candidates"][1]["validation"].update(real_signal=0.73, real_lead_share=0.71)
+        (run_dir / "candidates.json").write_text(json.dumps(record))
+        at.run()
+        assert not at.exception
+        assert "48 probe defects" in texts(at) and "2 real defect image(s) were too few to decide" in texts(at)
+        table = next(d.value for d in at.dataframe if "probe image AUROC" in d.value.columns)
+        assert list(table["leader ahead in (resamples)"])[1] == 0.71
     finally:
         store.delete(job_id)
 

@@ -294,3 +294,49 @@ def test_named_defects_split_between_choosing_and_training(mvtec, tmp_path):
     assert set(json.loads((run / "candidates" / "meanref" / "data.json").read_text())["labelled_defects"]) == train
     assert json.loads((run / "candidates" / "blind" / "data.json").read_text())["labelled_defects"] == []
     assert not set(load_eval(run / "eval").paths) & set(named)
+
+
+def _evidence(defect_scores: list[float], defect_map_hits: list[bool]) -> auto.RealEvidence:
+    """4 goods scoring 0.2-0.5 with flat maps, then defects with the given image scores; each defect's map
+    either lights its mask (hit) or lights the opposite corner."""
+    n_good, n_def, side = 4, len(defect_scores), 8
+    masks = np.zeros((n_good + n_def, side, side), np.float32)
+    maps = np.full_like(masks, 0.3)
+    for i, hit in enumerate(defect_map_hits):
+        masks[n_good + i, :3, :3] = 1
+        maps[n_good + i, :3, :3] = 0.9 if hit else 0.1
+        if not hit:
+            maps[n_good + i, -3:, -3:] = 0.9
+    return auto.RealEvidence(
+        labels=np.r_[np.zeros(n_good, int), np.ones(n_def, int)],
+        scores=np.r_[[0.2, 0.3, 0.4, 0.5], defect_scores],
+        masks=masks,
+        maps=maps,
+    )
+
+
+def test_a_lead_resting_on_one_defect_image_is_not_decisive():
+    # a finds both defects, b misses both: a leads on every resample
+    assert auto.lead_share(_evidence([0.9, 0.9], [True, True]), _evidence([0.9, 0.9], [False, False]), 200, 0) == 1.0
+    # a beats b by a lot on the first defect, b is better on the second: a leads overall, on one image's strength
+    a, b = _evidence([0.95, 0.45], [True, True]), _evidence([0.35, 0.9], [False, True])
+    assert a.signal()[0] > b.signal()[0]
+    share = auto.lead_share(a, b, 200, 0)
+    assert 0.5 < share < 0.9 and share == auto.lead_share(a, b, 200, 0)  # seeded
+
+
+def test_real_defects_that_are_not_decisive_hand_the_choice_to_the_probes():
+    signals = {
+        "a": {"real_signal": 0.86, "probe_image_auroc": 0.70, "probe_pixel_auroc": 0.33},
+        "b": {"real_signal": 0.73, "probe_image_auroc": 0.73, "probe_pixel_auroc": 0.80},
+    }
+    assert auto.choose(signals, 0.02)[0] == "a"  # real defects decide when decisive
+    winner, reason = auto.choose(signals, 0.02, real_is_decisive=False)
+    assert winner == "b" and "probe" in reason
+    evidence = {"a": _evidence([0.95, 0.45], [True, True]), "b": _evidence([0.35, 0.9], [False, True])}
+    found = {n: {"real_signal": e.signal()[0]} for n, e in evidence.items()}
+    decisive, summary = auto.real_decisive(found, evidence, auto.AutoConfig(), seed=0)
+    assert not decisive and "a leads b in" in summary and 0.5 < found["b"]["real_lead_share"] < 0.9
+    evidence["b"] = _evidence([0.1, 0.1], [False, False])
+    found = {n: {"real_signal": e.signal()[0]} for n, e in evidence.items()}
+    assert auto.real_decisive(found, evidence, auto.AutoConfig(), seed=0)[0] is True
