@@ -198,7 +198,6 @@ def auto_choice(record: dict) -> None:
                 "iterations": c.get("iterations"),
                 "train s": c.get("train_seconds"),
                 "real-defect score": v.get("real_signal"),
-                "leader ahead in (resamples)": v.get("real_lead_share"),
                 "probe image AUROC": v.get("probe_image_auroc"),
                 "probe pixel AUROC": v.get("probe_pixel_auroc"),
                 "probes caught, no false alarm": v.get("probe_detected_without_false_alarm"),

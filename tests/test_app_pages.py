@@ -244,12 +244,14 @@ def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.Mo
         record["real_defects_not_decisive"] = True
         record["candidates"][0]["validation"].update(real_signal=0.86)
         record["candidates"][1]["validation"].update(real_signal=0.73, real_lead_share=0.71)
+        record["reason"] += " (real defects not decisive: on the real defects autoencoder leads draem in 71% ...)"
         (run_dir / "candidates.json").write_text(json.dumps(record))
         at.run()
         assert not at.exception
         assert "48 probe defects" in texts(at) and "2 real defect image(s) were too few to decide" in texts(at)
+        assert "autoencoder leads draem in 71%" in texts(at)
         table = next(d.value for d in at.dataframe if "probe image AUROC" in d.value.columns)
-        assert list(table["leader ahead in (resamples)"])[1] == 0.71
+        assert list(table["real-defect score"]) == [0.86, 0.73]
     finally:
         store.delete(job_id)
 
