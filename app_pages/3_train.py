@@ -97,7 +97,7 @@ def start_form(project) -> None:
         name = st.text_input("Run name (optional)", key="run_name")
     synth = project.load_synth()
     real = project.training_defects() if uses_real else []
-    learns_from(project, synth, uses_real, real)
+    learns_from(project, synth, uses_real, real, auto=model == AUTO)
     if st.button("Start training", type="primary", key="start_training", disabled=not project.train_goods()):
         spec = RunSpec(
             data=str(project.data_dir),
@@ -146,7 +146,7 @@ def run_on() -> str | None:
     return address
 
 
-def learns_from(project, synth, uses_real: bool, real: list) -> None:
+def learns_from(project, synth, uses_real: bool, real: list, auto: bool = False) -> None:
     """What the model will learn from: the goods, the project's real defects for training, the synthetic design."""
     n_defects = len(project.defects())
     lines = [
@@ -164,6 +164,8 @@ def learns_from(project, synth, uses_real: bool, real: list) -> None:
     elif n_defects:
         why = "this model does not use them" if not uses_real else "none chosen for training"
         lines.append(f"no real defects ({why}: all {n_defects} are evaluated; choose them on Project & data)")
+    if auto:  # the counts above are the project's; AUTO's plan (above) says how many of them choose instead
+        lines.append("AUTO keeps back the held-out goods and the choosing defects of its plan: they never train")
     st.markdown("The model learns from:\n" + "\n".join(f"- {line}" for line in lines))
 
 

@@ -211,6 +211,7 @@ def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.Mo
     at.run()
     assert not at.exception
     assert "held out to choose on" in texts(at) and "cpu" in at.selectbox(key="train_preset").options
+    assert "AUTO keeps back the held-out goods" in texts(at)  # the "learns from" counts are the project's
     store = JobStore(workspace)
     job_id = store.submit(RunSpec(data=str(workspace / "demo" / "data"), model="auto", iterations=1), project="demo")
     candidate = {"iterations": 1, "train_seconds": 1.0, "test": {"image_auroc": 0.7, "synthetic": False}}
