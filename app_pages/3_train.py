@@ -207,19 +207,16 @@ def auto_choice(record: dict) -> None:
             }
         )
     st.dataframe(pd.DataFrame(rows).dropna(axis=1, how="all"), hide_index=True, key="auto_candidates")
+    n_real = len(record["validation_defects"])
+    if n_real and not record.get("real_defects_not_decisive"):
+        chose_on = f"{n_real} real defect image(s) no candidate trained on"
+    else:
+        chose_on = f"{record.get('n_probe_defects', 0)} probe defects of kinds no candidate trained on"
+        if n_real:
+            chose_on += f" ({n_real} real defect image(s) were too few to decide)"
     st.caption(
-        f"Chosen on {len(record['held_out_goods'])} held-out training goods"
-        + (
-            f" and {len(record['validation_defects'])} real defect image(s) no candidate trained on"
-            if record["validation_defects"] and not record.get("real_defects_not_decisive")
-            else f" and {record.get('n_probe_defects', 0)} probe defects of kinds no candidate trained on"
-            + (
-                f" ({len(record['validation_defects'])} real defect image(s) were too few to decide)"
-                if record.get("real_defects_not_decisive")
-                else ""
-            )
-        )
-        + "; the test images never took part in the choice."
+        f"Chosen on {len(record['held_out_goods'])} held-out training goods and {chose_on}; "
+        "the test images never took part in the choice."
     )
 
 

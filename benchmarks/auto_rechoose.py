@@ -16,16 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recon_core import auto
 from recon_core.config import load_json
-from recon_core.models import get_model_class
-from recon_core.runs import RunSpec, resolve_data_path
+from recon_core.runs import RunSpec
 
 
 def replay(run: Path) -> dict:
     spec = RunSpec.from_dict(load_json(run / "spec.json"))
     cfg = auto.auto_config(spec)
-    sizes = [c.image_size for c in auto.candidate_configs(spec).values()]
-    trains = any(get_model_class(n).uses_labelled_defects for n in cfg.candidates)
-    split = auto._split(spec, cfg, resolve_data_path(spec.data), max(sizes), trains)
+    split = auto._split(spec, cfg)
     choice = auto.choose_trained(run, spec, cfg, split, cfg.candidates)
     recorded = load_json(run / "candidates.json")
     return {

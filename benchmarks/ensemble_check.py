@@ -17,7 +17,7 @@ from recon_core import auto, metrics
 from recon_core.bundle import load_bundle
 from recon_core.models.layers import mean_pool_max
 from recon_core.probe_defects import make_probe_set
-from recon_core.runs import RunSpec, resolve_data_path
+from recon_core.runs import RunSpec
 
 torch.set_num_threads(1)
 
@@ -32,7 +32,7 @@ def pooled_max(maps: np.ndarray) -> np.ndarray:
 def check(run: Path) -> dict:
     spec = RunSpec.from_dict(json.loads((run / "spec.json").read_text()))
     cfg = auto.auto_config(spec)
-    split = auto._split(spec, cfg, resolve_data_path(spec.data), 128, False)  # the held-out goods auto used
+    split = auto._split(spec, cfg)  # the held-out goods auto used
     probes = make_probe_set(split.goods, spec.seed + auto.PROBE_SEED_OFFSET, regions=split.regions)
     goods = probes.labels == 0
     out: dict = {"run": run.name}

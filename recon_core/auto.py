@@ -426,11 +426,16 @@ def product_regions(synth: Any, goods: np.ndarray, held: np.ndarray) -> np.ndarr
     return estimate_foreground(goods, synth.foreground).masks(held)
 
 
-def _split(spec: Any, cfg: AutoConfig, data_path: Path, size: int, trains: bool) -> _Split:
-    """Held-out goods and the real defects that choose / train, all seeded (the same on resume)."""
+def _split(spec: Any, cfg: AutoConfig) -> _Split:
+    """Held-out goods and the real defects that choose / train, all seeded (the same on resume and on a replay),
+    loaded at the largest candidate's image size."""
     from recon_core.images import load_dataset
-    from recon_core.runs import _take_labelled, _without
+    from recon_core.models import get_model_class
+    from recon_core.runs import _take_labelled, _without, resolve_data_path
 
+    data_path = resolve_data_path(spec.data)
+    size = max(c.image_size for c in candidate_configs(spec).values())
+    trains = any(get_model_class(n).uses_labelled_defects for n in cfg.candidates)
     dataset = load_dataset(data_path, size, shots=spec.shots, seed=spec.seed)
     n = len(dataset.train.paths)
     if n < 3:
@@ -523,8 +528,7 @@ def choose_trained(run_dir: Path, spec: Any, cfg: AutoConfig, split: _Split, nam
 
 
 def run_auto(spec: Any, run_dir: str | Path, *, progress: Any = None, should_stop: Any = None, resume: bool = False):
-    from recon_core.models import get_model_class
-    from recon_core.runs import RunResult, RunSpec, _attach_log, execute_run, resolve_data_path
+    from recon_core.runs import RunResult, RunSpec, _attach_log, execute_run
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -535,11 +539,7 @@ def run_auto(spec: Any, run_dir: str | Path, *, progress: Any = None, should_sto
         cfg = auto_config(spec)
         budget = total_budget(spec, cfg)
         save_json(run_dir / "spec.json", spec)
-        classes = {n: get_model_class(n) for n in cfg.candidates}
-        sizes = [c.image_size for c in candidate_configs(spec).values()]
-        data_path = resolve_data_path(spec.data)
-        trains = any(c.uses_labelled_defects for c in classes.values())
-        split = _split(spec, cfg, data_path, max(sizes), trains)
+        split = _split(spec, cfg)
         log.info(
             "auto: candidates %s; %d held-out goods, %d real defects choose, %d train; budget %s",
             cfg.candidates,
