@@ -253,6 +253,8 @@ def test_train_page_auto_plan_and_choice(workspace: Path, monkeypatch: pytest.Mo
         assert "autoencoder leads draem in 71%" in texts(at)
         table = next(d.value for d in at.dataframe if "probe image AUROC" in d.value.columns)
         assert list(table["real-defect score"]) == [0.86, 0.73]
+        # the leader's lead share is not a column: on the other candidate's row it read as that model's own figure
+        assert not [c for c in table.columns if "resample" in c]
     finally:
         store.delete(job_id)
 
