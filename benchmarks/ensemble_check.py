@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from recon_core import auto, metrics
+from recon_core import auto, auto_choice, metrics
 from recon_core.bundle import load_bundle
 from recon_core.models.layers import mean_pool_max
 from recon_core.probe_defects import make_probe_set
@@ -47,7 +47,7 @@ def check(run: Path) -> dict:
         test_maps[name] = (ev["maps"].astype(np.float32) - mu) / sd
         labels, masks = ev["labels"], ev["masks"]
         out[name] = {
-            "probe_image_auroc": auto.score_candidate(model, probes, None)[0]["probe_image_auroc"],
+            "probe_image_auroc": auto_choice.score_candidate(model, probes, None)[0]["probe_image_auroc"],
             "test_image_auroc": metrics.image_auroc(labels, ev["scores"]),
             "test_pixel_auroc": metrics.pixel_auroc(masks, ev["maps"]) if masks.max() > 0 else None,
         }

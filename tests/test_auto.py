@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_model import TinyModel, make_mvtec
 
-from recon_core import auto
+from recon_core import auto, auto_choice
 from recon_core.bundle import load_bundle
 from recon_core.errors import ConfigError
 from recon_core.evaluation import load_eval
@@ -55,7 +55,7 @@ class MeanModel(TinyModel):
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 8) -> Prediction:
-        images = auto._resize_images(images, self.config.image_size)  # real models resize too (bench: 256 px)
+        images = auto_choice._resize_images(images, self.config.image_size)  # real models resize too (bench: 256 px)
         maps = np.abs(images - self.mean.numpy()[None]).mean(axis=-1)
         return Prediction(maps.reshape(len(images), -1).max(axis=1), maps.astype(np.float32))
 
@@ -162,11 +162,11 @@ def test_choose_breaks_near_ties_on_the_secondary_signal():
         "b": {"probe_image_auroc": 0.89, "probe_pixel_auroc": 0.95},
         "c": {"probe_image_auroc": 0.60, "probe_pixel_auroc": 0.99},
     }
-    winner, reason = auto.choose(signals, tie_margin=0.02)
+    winner, reason = auto_choice.choose(signals, tie_margin=0.02)
     assert winner == "b" and "pixel" in reason
-    assert auto.choose(signals, tie_margin=0.0)[0] == "a"
+    assert auto_choice.choose(signals, tie_margin=0.0)[0] == "a"
     real = {"a": {"real_signal": 0.7, "probe_image_auroc": 1.0}, "b": {"real_signal": 0.9, "probe_image_auroc": 0.5}}
-    assert auto.choose(real, 0.02)[0] == "b"
+    assert auto_choice.choose(real, 0.02)[0] == "b"
 
 
 def test_probe_defects_are_visible_masked_and_seeded():
@@ -296,7 +296,14 @@ def test_named_defects_split_between_choosing_and_training(mvtec, tmp_path):
     assert not set(load_eval(run / "eval").paths) & set(named)
 
 
-def _evidence(defect_scores: list[float], defect_map_hits: list[bool]) -> auto.RealEvidence:
+DECISION = {
+    "resamples": auto.AutoConfig().bootstrap_resamples,
+    "decisive_share": auto.AutoConfig().decisive_share,
+    "seed": 0,
+}
+
+
+def _evidence(defect_scores: list[float], defect_map_hits: list[bool]) -> auto_choice.RealEvidence:
     """4 goods scoring 0.2-0.5 with flat maps, then defects with the given image scores; each defect's map
     either lights its mask (hit) or lights the opposite corner."""
     n_good, n_def, side = 4, len(defect_scores), 8
@@ -307,7 +314,7 @@ def _evidence(defect_scores: list[float], defect_map_hits: list[bool]) -> auto.R
         maps[n_good + i, :3, :3] = 0.9 if hit else 0.1
         if not hit:
             maps[n_good + i, -3:, -3:] = 0.9
-    return auto.RealEvidence(
+    return auto_choice.RealEvidence(
         labels=np.r_[np.zeros(n_good, int), np.ones(n_def, int)],
         scores=np.r_[[0.2, 0.3, 0.4, 0.5], defect_scores],
         masks=masks,
@@ -317,12 +324,15 @@ def _evidence(defect_scores: list[float], defect_map_hits: list[bool]) -> auto.R
 
 def test_a_lead_resting_on_one_defect_image_is_not_decisive():
     # a finds both defects, b misses both: a leads on every resample
-    assert auto.lead_share(_evidence([0.9, 0.9], [True, True]), _evidence([0.9, 0.9], [False, False]), 200, 0) == 1.0
+    assert (
+        auto_choice.lead_share(_evidence([0.9, 0.9], [True, True]), _evidence([0.9, 0.9], [False, False]), 200, 0)
+        == 1.0
+    )
     # a beats b by a lot on the first defect, b is better on the second: a leads overall, on one image's strength
     a, b = _evidence([0.95, 0.45], [True, True]), _evidence([0.35, 0.9], [False, True])
     assert a.signal()[0] > b.signal()[0]
-    share = auto.lead_share(a, b, 200, 0)
-    assert 0.5 < share < 0.9 and share == auto.lead_share(a, b, 200, 0)  # seeded
+    share = auto_choice.lead_share(a, b, 200, 0)
+    assert 0.5 < share < 0.9 and share == auto_choice.lead_share(a, b, 200, 0)  # seeded
 
 
 def test_real_defects_that_are_not_decisive_hand_the_choice_to_the_probes():
@@ -330,13 +340,13 @@ def test_real_defects_that_are_not_decisive_hand_the_choice_to_the_probes():
         "a": {"real_signal": 0.86, "probe_image_auroc": 0.70, "probe_pixel_auroc": 0.33},
         "b": {"real_signal": 0.73, "probe_image_auroc": 0.73, "probe_pixel_auroc": 0.80},
     }
-    assert auto.choose(signals, 0.02)[0] == "a"  # real defects decide when decisive
-    winner, reason = auto.choose(signals, 0.02, real_is_decisive=False)
+    assert auto_choice.choose(signals, 0.02)[0] == "a"  # real defects decide when decisive
+    winner, reason = auto_choice.choose(signals, 0.02, real_is_decisive=False)
     assert winner == "b" and "probe" in reason
     evidence = {"a": _evidence([0.95, 0.45], [True, True]), "b": _evidence([0.35, 0.9], [False, True])}
     found = {n: {"real_signal": e.signal()[0]} for n, e in evidence.items()}
-    decisive, summary = auto.real_decisive(found, evidence, auto.AutoConfig(), seed=0)
+    decisive, summary = auto_choice.real_decisive(found, evidence, **DECISION)
     assert not decisive and "a leads b in" in summary and 0.5 < found["b"]["real_lead_share"] < 0.9
     evidence["b"] = _evidence([0.1, 0.1], [False, False])
     found = {n: {"real_signal": e.signal()[0]} for n, e in evidence.items()}
-    assert auto.real_decisive(found, evidence, auto.AutoConfig(), seed=0)[0] is True
+    assert auto_choice.real_decisive(found, evidence, **DECISION)[0] is True
