@@ -228,6 +228,22 @@ def _run_api() -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
     return RunSpec, execute_run, load_bundle
 
 
+def training_cost(
+    metrics: dict[str, Any], batch_size: int, progress: dict[str, Any]
+) -> tuple[int | None, float | None, float | None]:
+    """-> (iterations, training seconds, training images per second) of a run. An `auto` run trained every
+    candidate, so its cost is theirs together (not the winner's alone, which would make a run that kept its quick
+    candidate look ~40x cheaper than it was); a speed across different networks means nothing, so it has none."""
+    candidates = (metrics.get("auto") or {}).get("candidates")
+    if candidates:
+        iterations = sum(int(c.get("iterations") or 0) for c in candidates) or None
+        seconds = round(sum(float(c.get("train_seconds") or 0.0) for c in candidates), 2) or None
+        return iterations, seconds, None
+    iterations = metrics.get("iterations") or progress.get("iteration")
+    seconds = metrics.get("train_seconds") or progress.get("elapsed")
+    return iterations, seconds, (iterations * batch_size / seconds if seconds and iterations else None)
+
+
 def run_one(
     cfg: BenchConfig, model: str, category: str, shots: int | None, seed: int, run_dir: Path, labelled: int = 0
 ) -> dict[str, Any]:
@@ -265,8 +281,7 @@ def run_one(
         infer_ms = inference_ms_per_image(bundle.model, cfg.infer_repeats)
     metrics = dict(result.metrics or {})
     net = bundle.model
-    iterations = metrics.get("iterations") or last.get("iteration")
-    train_s = metrics.get("train_seconds") or last.get("elapsed")
+    iterations, train_s, images_per_s = training_cost(metrics, net.config.batch_size, last)
     row: dict[str, Any] = {
         "model": model,
         "preset": cfg.preset or type(net).default_preset,
@@ -283,8 +298,8 @@ def run_one(
         "iterations": iterations,
         "normalisation": metrics.get("normalisation"),  # the map normalisation chosen after training
         "train_s": train_s,
-        "s_per_iteration": train_s / iterations if train_s and iterations else None,
-        "train_images_per_s": iterations * net.config.batch_size / train_s if train_s and iterations else None,
+        "s_per_iteration": train_s / iterations if images_per_s else None,  # one network's speed, or none
+        "train_images_per_s": images_per_s,
         "infer_ms_per_image": infer_ms,
         "run_s": run_s,
         "peak_rss_mb": rss.peak_mb,

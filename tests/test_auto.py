@@ -280,6 +280,12 @@ def test_bench_models_auto(mvtec, tmp_path):
     assert rows[0]["model"] == "auto" and rows[0]["image_auroc"] is not None
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("auto-*/candidates.json")]
     assert record["winner"] == "meanref"
+    # the row's cost is every candidate's training, not the winner's alone (bug: a run that kept its 250-iteration
+    # autoencoder was recorded as 250 iterations and 21 s after ~800 s of training); no speed across two networks
+    cands = record["candidates"]
+    assert rows[0]["iterations"] == sum(c["iterations"] for c in cands) == 4
+    assert rows[0]["train_s"] == pytest.approx(sum(c["train_seconds"] for c in cands))
+    assert rows[0]["train_images_per_s"] is None and rows[0]["s_per_iteration"] is None
 
 
 def test_named_defects_split_between_choosing_and_training(mvtec, tmp_path):
