@@ -2,7 +2,8 @@
 those rows carried the winner's iterations and training seconds alone, so a run that kept its 250-iteration
 autoencoder read 250 iterations and ~20 s after ~800 s of training. Each auto row is matched to its kept run folder
 (category, K, seed, and the same test image AUROC), and iterations / train_s / s_per_iteration /
-train_images_per_s are recomputed from the run's candidates.json. Accuracy columns are not touched.
+train_images_per_s are recomputed from the run's metrics.json (its `auto` record of the candidates). Accuracy
+columns are not touched.
 
     python benchmarks/auto_row_costs.py TABLE_NAME RUNS_DIR [RUNS_DIR ...]     (tables in benchmarks/results)
 """
