@@ -25,19 +25,21 @@ def kept_runs(dirs: list[str]) -> list[dict]:
     runs = []
     for d in dirs:
         for metrics_file in sorted(Path(d).glob("auto-*/metrics.json")):
-            metrics = json.loads(metrics_file.read_text())
-            runs.append({"folder": metrics_file.parent.name, "metrics": metrics})
+            spec = json.loads((metrics_file.parent / "spec.json").read_text())
+            runs.append(
+                {"folder": metrics_file.parent.name, "metrics": json.loads(metrics_file.read_text()), "spec": spec}
+            )
     return runs
 
 
 def matches(row: dict, run: dict) -> bool:
-    name = run["folder"].split("-")  # auto-<category with / as ->-<shots>-<K>-<seed>-<stamp>
-    same_image = abs(float(run["metrics"].get("image_auroc") or -1) - float(row.get("image_auroc") or -2)) < 1e-9
+    """The run's own spec says what it trained on (rather than parsing the folder name bench gave it)."""
+    spec, metrics = run["spec"], run["metrics"]
     return (
-        "-".join(name[1:-4]) == row["category"].replace("/", "-")
-        and int(name[-3]) == int(row["labelled_defects"])
-        and int(name[-2]) == int(row["seed"])
-        and same_image
+        Path(spec["data"]).as_posix().endswith("/" + row["category"])
+        and int(spec["labelled_defects"]) == int(row["labelled_defects"])
+        and int(spec["seed"]) == int(row["seed"])
+        and abs(float(metrics.get("image_auroc") or -1) - float(row.get("image_auroc") or -2)) < 1e-9
     )
 
 
