@@ -19,7 +19,8 @@ from recon_core.errors import ReconError
 from recon_core.jobs.cluster import CLUSTER_ENV, cluster_address, cluster_resources
 from recon_core.memory import preset_summary
 from recon_core.models import get_model_class, model_names
-from recon_core.runs import RunSpec
+from recon_core.runs import RunSpec, replay_spec
+from recon_core.stage_plan import parse_stage_plan
 
 POLL_S = 2.0
 
@@ -220,6 +221,28 @@ def auto_choice(record: dict) -> None:
     )
 
 
+def replay(project_name: str, job) -> None:
+    """A finished run of several stages: its iterations per stage, and a button that trains exactly them again (a
+    minutes budget trains fewer on a busier machine; the same plan replays the same schedule on any machine)."""
+    path = job.run_dir / "metrics.json"
+    metrics = load_json(path) if path.is_file() else {}
+    recorded = metrics.get("stage_iterations") or ""
+    if "," not in recorded:  # one stage (or none recorded): the iteration count replays it
+        return
+    plan = parse_stage_plan(recorded)
+    st.caption(
+        "Iterations per stage: "
+        + " · ".join(f"{name} {n}" for name, n in plan.items())
+        + f" (CLI: `--stage-iterations {recorded}`)"
+    )
+    if st.button("Replay this schedule", key="replay_job", help="Train this run again with the same iterations per "
+                 "stage, whatever the machine's speed (same data, settings and seed)"):  # fmt: skip
+        spec = replay_spec(RunSpec.from_dict(job.spec), metrics)
+        new_id = store().submit(spec, project=project_name, cluster=job.launcher)
+        remember(**{f"job:{project_name}": new_id})
+        st.success(f"Queued job {new_id}: the replay of {job.id}.")
+
+
 def job_panel(project_name: str) -> None:
     jobs = store().list_jobs(project_name)
     if not jobs:
@@ -276,6 +299,8 @@ def job_panel(project_name: str) -> None:
         st.plotly_chart(fig, key=f"loss_{job.id}")
     if job.state == "succeeded" and (job.run_dir / CANDIDATES_FILE).is_file():
         auto_choice(load_json(job.run_dir / CANDIDATES_FILE))
+    if job.state == "succeeded":
+        replay(project_name, job)
     if job.result:
         with st.expander("Result (metrics)"):
             st.json(job.result)

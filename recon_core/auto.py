@@ -121,6 +121,10 @@ def total_budget(spec: Any, cfg: AutoConfig) -> Any:
     from recon_core.runs import budget_for
 
     main = get_model_class((cfg.deep or cfg.quick)[-1])
+    if spec.stage_iterations:
+        raise ConfigError(
+            "auto trains several models: give iterations or minutes (stage iterations replay one model's run)"
+        )
     if spec.iterations is None and spec.minutes is None:
         return budget_for(dataclasses.replace(spec, model=main.name), main, candidate_preset(main, spec.preset))
     if spec.iterations is not None and spec.minutes is not None:

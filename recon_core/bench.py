@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from recon_core.errors import ConfigError, DataError
+from recon_core.stage_plan import check_replay, format_stage_plan
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ COLUMNS = (
     "n_defect",
     "synthetic_eval",
     "iterations",
+    "stage_iterations",
     "normalisation",
     "train_s",
     "s_per_iteration",
@@ -96,6 +98,8 @@ class BenchConfig:
     labelled_defects: list[int] = field(default_factory=lambda: [0])
     minutes: float | None = None
     iterations: int | None = None
+    # a replay of a recorded schedule (a row's stage_iterations); with `iterations`, where that run stopped
+    stage_iterations: dict[str, int] | None = None
     preset: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
     # synthetic-defect design (SynthConfig fields, e.g. {"foreground": "off"}); the seed is each run's own
@@ -112,8 +116,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.models or not self.categories:
             raise ConfigError("bench: give at least one model and one category")
-        if (self.minutes is None) == (self.iterations is None):
-            raise ConfigError("bench: give exactly one of --minutes or --iterations")
+        if self.stage_iterations is not None:
+            check_replay(self.stage_iterations, self.iterations, self.minutes, "bench")
+        elif (self.minutes is None) == (self.iterations is None):
+            raise ConfigError("bench: give exactly one of --minutes, --iterations or --stage-iterations")
         if not self.seeds:
             raise ConfigError("bench: give at least one seed")
         if not self.labelled_defects or any(k < 0 for k in self.labelled_defects):
@@ -128,6 +134,13 @@ class BenchConfig:
         from recon_core.synth import SynthConfig
 
         return from_dict(SynthConfig, {**self.synth_overrides, "seed": seed}, where="synth")
+
+    def budget_text(self) -> str:
+        """The 'budget' column: "10.0 min", "1330 it", or a replay "replay vq=490,dsr=350,upsampling=175"."""
+        if self.stage_iterations is not None:
+            stop = f" stop {self.iterations}" if self.iterations is not None else ""
+            return f"replay {format_stage_plan(self.stage_iterations)}{stop}"
+        return f"{self.minutes} min" if self.minutes is not None else f"{self.iterations} it"
 
     def overrides_text(self) -> str:
         """The 'overrides' column: model overrides, and the defect design under "synth" when it is not default."""
@@ -263,6 +276,7 @@ def run_one(
         synth=cfg.synth_config(seed),
         iterations=cfg.iterations,
         minutes=cfg.minutes,
+        stage_iterations=dict(cfg.stage_iterations or {}),
         device=cfg.device,
         seed=seed,
         labelled_defects=labelled,
@@ -290,12 +304,14 @@ def run_one(
         "shots": shots if shots is not None else "all",
         "labelled_defects": labelled,
         "seed": seed,
-        "budget": f"{cfg.minutes} min" if cfg.minutes is not None else f"{cfg.iterations} it",
+        "budget": cfg.budget_text(),
         **{k: _metric(metrics.get(k)) for k in METRIC_KEYS},
         "n_good": metrics.get("n_good"),
         "n_defect": metrics.get("n_defect"),
         "synthetic_eval": bool(metrics.get("synthetic", False)),
         "iterations": iterations,
+        # what replays this run (bench --stage-iterations); none for `auto`, which trains several models
+        "stage_iterations": metrics.get("stage_iterations") or "",
         "normalisation": metrics.get("normalisation"),  # the map normalisation chosen after training
         "train_s": train_s,
         "s_per_iteration": train_s / iterations if images_per_s else None,  # one network's speed, or none

@@ -27,6 +27,7 @@ import numpy as np
 
 from recon_core.config import from_dict, load_json, save_json, to_dict
 from recon_core.errors import ConfigError, DataError, ReconError, TrainingCancelled
+from recon_core.stage_plan import check_replay, format_stage_plan, parse_stage_plan
 from recon_core.synth import SynthConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class RunSpec:
     synth: SynthConfig = field(default_factory=SynthConfig)
     iterations: int | None = None
     minutes: float | None = None
+    # a replay: the per-stage plan a run recorded (metrics.json "stage_iterations"); `iterations`, if given, is where
+    # that run stopped. The same schedule, iteration for iteration, on any machine (Budget)
+    stage_iterations: dict[str, int] = field(default_factory=dict)
     device: str = "auto"
     seed: int = 0
     init_from: str | None = None
@@ -65,6 +69,8 @@ class RunSpec:
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool) and value < low:
                 raise ConfigError(f"run spec: {name} must be at least {low}, got {value}")
+        if self.stage_iterations:
+            check_replay(self.stage_iterations, self.iterations, self.minutes, "run spec")
         if self.labelled_defect_files and self.labelled_defects not in (0, len(self.labelled_defect_files)):
             raise ConfigError(
                 f"run spec: labelled_defects ({self.labelled_defects}) and labelled_defect_files "
@@ -114,9 +120,24 @@ def resolve_data_path(data: str) -> Path:
     raise DataError(f"{data}: no such folder (and no MVTec category of that name in {shared_data_root()})")
 
 
+def replay_spec(spec: RunSpec, metrics: dict[str, Any]) -> RunSpec:
+    """`spec` again with the schedule its run recorded (metrics.json): the same iterations per stage, also when it
+    had a minutes budget (a busy machine then trains fewer), stopping where it stopped."""
+    recorded = metrics.get("stage_iterations")
+    if not recorded:
+        raise ConfigError("this run recorded no iterations per stage (an auto run, or one from before they were kept)")
+    plan = parse_stage_plan(recorded)
+    done = int(metrics.get("iterations") or 0)
+    stop = done if 0 < done < sum(plan.values()) else None
+    name = f"{spec.name} (replay)" if spec.name else None
+    return dataclasses.replace(spec, minutes=None, iterations=stop, stage_iterations=dict(plan), name=name)
+
+
 def budget_for(spec: RunSpec, model_cls: Any, preset: str) -> Any:
     from recon_core.models.base import Budget
 
+    if spec.stage_iterations:
+        return Budget(iterations=spec.iterations, stage_iterations=dict(spec.stage_iterations))
     if spec.iterations is not None or spec.minutes is not None:
         if spec.iterations is not None and spec.minutes is not None:
             raise ConfigError("run spec: give iterations or minutes, not both")
@@ -375,6 +396,11 @@ def execute_run(
             loss_log_path=run_dir / "losses.csv",
         )
         model.synth_config = spec.synth
+        log.info(
+            "trained %d iterations, per stage %s (RunSpec.stage_iterations / --stage-iterations replays them)",
+            summary.iterations,
+            format_stage_plan(summary.stage_iterations),
+        )
         # scores relative to the goods' maps, if that helps on synthetic validation (training goods: global only)
         model.normaliser, norm_figures = calibrate_normalisation(model, train_images, spec.synth, goods_trained_on=True)
         log.info("map normalisation: %s (validation %s)", getattr(model.normaliser, "mode", "none"), norm_figures)
@@ -414,6 +440,8 @@ def execute_run(
             "preset": preset,
             "iterations": summary.iterations,
             "total_iterations": summary.total_iterations,
+            # "vq=490,dsr=350,upsampling=175" in stage order (--stage-iterations / RunSpec.stage_iterations replay it)
+            "stage_iterations": format_stage_plan(summary.stage_iterations),
             "stopped_by_time": summary.stopped_by_time,
             "train_seconds": round(summary.seconds, 2),
             "final_losses": summary.final_losses,

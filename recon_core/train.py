@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from recon_core import precision
-from recon_core.errors import CheckpointError, TrainingCancelled, TrainingError
+from recon_core.errors import CheckpointError, ConfigError, TrainingCancelled, TrainingError
 from recon_core.models.base import AnomalyModel, Budget, Progress, ProgressFn, TrainingStage
 from recon_core.pipeline import BatchMaker, BatchPipeline, default_workers, iteration_rngs
 from recon_core.seeding import seed_everything
@@ -75,6 +75,17 @@ def stage_lengths(total: int, stages: list[TrainingStage]) -> list[int]:
                 lengths[j] -= 1
                 lengths[i] += 1
     return [int(n) for n in lengths]
+
+
+def replay_lengths(plan: dict[str, int], stages: list[TrainingStage], model: str) -> list[int]:
+    """A recorded per-stage plan (Budget.stage_iterations) -> the stages' lengths, in the model's stage order."""
+    names = [s.name for s in stages]
+    if sorted(plan) != sorted(names):
+        raise ConfigError(
+            f"stage iterations name stages {', '.join(plan)}; {model} trains {', '.join(names)} "
+            "(replay a plan recorded by a run of the same model)"
+        )
+    return [int(plan[name]) for name in names]
 
 
 def _weights(stages: list[TrainingStage]) -> list[float]:
@@ -194,7 +205,9 @@ def _training_state(
         "elapsed_s": float(elapsed),
         "last_iteration_s": float(state.last_it_s),
         "seed": seed,
-        "budget": json.dumps({"iterations": budget.iterations, "minutes": budget.minutes}),
+        "budget": json.dumps(
+            {"iterations": budget.iterations, "minutes": budget.minutes, "stage_iterations": budget.stage_iterations}
+        ),
         "optimizers": [[opt.state_dict() for opt in s.optimizers] for s in stages],
         "batch_seeding": "per-iteration",  # batches are a function of (seed, stage, iteration): no rng state
         "torch_rng": torch.get_rng_state(),
@@ -341,14 +354,17 @@ def fit(
     limit = budget.minutes * 60.0 if budget.minutes is not None else math.inf  # seconds over all attempts
     planned_end = limit * TIME_SAFETY
     lengths: list[int | None] = [None] * len(stages)  # minutes budget: each stage is planned at its start
-    if budget.iterations is not None:
+    if budget.stage_iterations is not None:
+        lengths = list(replay_lengths(budget.stage_iterations, stages, model.name))
+    elif budget.iterations is not None:
         lengths = list(stage_lengths(budget.iterations, stages))
+    stop_at = budget.iterations if budget.stage_iterations is not None else None  # a replay of a run cut short
     state = _State(lengths=lengths)
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     resumed = False
     if resume and ckpt is not None and ckpt.is_file():
         _restore(ckpt, model, stages, state, scaler)
-        if budget.iterations is not None:
+        if budget.iterations is not None and budget.stage_iterations is None:
             _fill_unplanned(state.lengths, budget.iterations, stages)
         pos = _position(state.iteration, state.lengths)
         if pos is not None and state.lengths[pos[0]] is None:
@@ -376,7 +392,8 @@ def fit(
         return state.elapsed_before + elapsed()
 
     def total() -> int:
-        return max(state.iteration, sum(_planned(state, weights, planned_end)))
+        planned = max(state.iteration, sum(_planned(state, weights, planned_end)))
+        return planned if stop_at is None else min(planned, stop_at)
 
     def checkpoint() -> None:
         if ckpt is not None:
@@ -406,7 +423,7 @@ def fit(
     stage = stages[0]
     pos = _position(state.iteration, state.lengths)
     try:
-        while pos is not None:
+        while pos is not None and (stop_at is None or state.iteration < stop_at):
             if should_stop is not None and should_stop():
                 checkpoint()
                 raise TrainingCancelled(

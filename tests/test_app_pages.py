@@ -395,6 +395,40 @@ def test_train_start_follows_the_new_job(workspace: Path, monkeypatch: pytest.Mo
                 store.cancel(job.id)
 
 
+def test_a_finished_run_shows_its_stage_plan_and_replays_it(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished minutes run of several stages: the Train page shows its iterations per stage, and "Replay this
+    schedule" queues the same run with exactly those iterations (no minutes: a busy machine trains the same)."""
+    from recon_core.jobs import JobStore
+    from recon_core.runs import RunSpec
+
+    monkeypatch.setattr(JobStore, "kick", lambda self: [])
+    store = JobStore(workspace)
+    spec = RunSpec(data=str(workspace / "demo" / "data"), model="dsr", minutes=10, seed=3, name="quiet")
+    job_id = store.submit(spec, project="demo")
+    plan = {"vq": 490, "dsr": 350, "upsampling": 175}
+    try:
+        with store._write() as c:
+            c.execute("UPDATE jobs SET state='succeeded' WHERE id=?", (job_id,))
+        run_dir = store.get(job_id).run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"stage_iterations": "vq=490,dsr=350,upsampling=175"}))
+        at = run_page("3_train.py")
+        at.selectbox(key="job_select").set_value(job_id)
+        at.run()
+        assert "Iterations per stage: vq 490 · dsr 350 · upsampling 175" in texts(at)
+        assert "--stage-iterations vq=490,dsr=350,upsampling=175" in texts(at)
+        at.button(key="replay_job").click()
+        at.run()
+        assert not at.exception and any("the replay of" in m.value for m in at.success)
+        replay = next(j for j in store.list_jobs("demo") if j.spec.get("name") == "quiet (replay)")
+        assert replay.spec["stage_iterations"] == plan and replay.spec["minutes"] is None
+        assert replay.spec["seed"] == 3 and replay.spec["model"] == "dsr"
+    finally:
+        for job in store.list_jobs("demo"):
+            if job.is_active:
+                store.cancel(job.id)
+
+
 def test_real_defects_for_training_shown_and_chosen(workspace: Path) -> None:
     """Project page: which real defects train and which are evaluated (and the choice saved); Train page: what the
     model learns from; designer: the training defects transplanted onto goods."""

@@ -63,6 +63,7 @@ class FakeSpec:
     synth: object = None
     iterations: int | None = None
     minutes: float | None = None
+    stage_iterations: dict | None = None
     device: str = "auto"
     seed: int = 0
     labelled_defects: int = 0
@@ -143,6 +144,10 @@ def test_config_validation() -> None:
         bench.BenchConfig(models=[], categories=["x"], minutes=1)
     with pytest.raises(ConfigError, match="labelled defects"):
         bench.BenchConfig(models=["aae"], categories=["x"], minutes=1, labelled_defects=[-1])
+    with pytest.raises(ConfigError, match="without minutes"):
+        bench.BenchConfig(models=["dsr"], categories=["x"], minutes=1, stage_iterations={"vq": 3})
+    replay = bench.BenchConfig(models=["dsr"], categories=["x"], stage_iterations={"vq": 3, "dsr": 2}, iterations=4)
+    assert replay.budget_text() == "replay vq=3,dsr=2 stop 4"
 
 
 def test_labelled_defects_reach_the_run_and_group_apart(tmp_path, monkeypatch) -> None:
@@ -222,6 +227,24 @@ def test_real_tiny_bench_run(tmp_path) -> None:
     assert (row["n_good"], row["n_defect"], row["labelled_defects"]) == (3, 2, 1)
     for ext in ("csv", "json", "md"):
         assert (out / f"bench.{ext}").stat().st_size > 0
+
+
+def test_a_row_records_its_stage_plan_and_a_replay_of_it_trains_the_same(tmp_path) -> None:
+    """Every row records its iterations per stage; `--stage-iterations` with them replays the run: same schedule,
+    same scores (a busy machine reproducing a quiet machine's minutes run)."""
+    make_mvtec(tmp_path / "data" / "cat")
+    out = tmp_path / "results"
+    common = ["bench", "--models", "draem", "--categories", "cat", "--shots", "4", "--set", json.dumps(TINY),
+              "--data-root", str(tmp_path / "data"), "--out", str(out), "--threads", "1",
+              "--infer-repeats", "1"]  # fmt: skip
+    assert cli_main([*common, "--iterations", "3"]) == 0
+    row = json.loads((out / "bench.json").read_text())[0]
+    assert row["stage_iterations"] == "draem=3" and row["budget"] == "3 it"
+    assert cli_main([*common, "--stage-iterations", row["stage_iterations"]]) == 0
+    replay = json.loads((out / "bench.json").read_text())[1]
+    assert replay["budget"] == "replay draem=3" and replay["iterations"] == 3 and not replay.get("error")
+    assert (replay["image_auroc"], replay["pixel_auroc"]) == (row["image_auroc"], row["pixel_auroc"])
+    assert "replay draem=3" in (out / "bench.md").read_text()  # grouped apart from the "3 it" row
 
 
 def test_rows_that_trained_in_another_precision_are_summarised_apart() -> None:

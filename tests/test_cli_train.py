@@ -9,12 +9,14 @@ import zipfile
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from tiny_model import TinyConfig, TinyModel, make_mvtec, tiny_images
 
 from recon_core.bundle import load_bundle, save_bundle
 from recon_core.cli import main
 from recon_core.errors import ConfigError
 from recon_core.export import export_bundle_zip, export_onnx
+from recon_core.stage_plan import parse_stage_plan
 
 pytestmark = pytest.mark.usefixtures("tiny_model_env")
 
@@ -191,3 +193,31 @@ def test_export_parity_failure_is_refused(tmp_path, monkeypatch):
     with pytest.raises(export_mod.ReconError, match="differs from torch"):
         export_onnx(path, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_minutes_run_is_replayed_by_its_stage_iterations(tmp_path, capsys):
+    """`train --minutes` prints and records its iterations per stage; `train --stage-iterations` with them trains the
+    same weights (what a busy machine does to reproduce a quiet machine's run); bad plans are refused clearly."""
+    data = make_mvtec(tmp_path / "data")
+    args = ["train", str(data), "--model", "tiny", "--set", "two_stages=true", "--shots", "5", "--seed", "4", "-q"]
+    assert main([*args, "--minutes", "0.02", "--out", str(tmp_path / "timed")]) == 0
+    timed = json.loads((tmp_path / "timed" / "metrics.json").read_text())
+    plan = parse_stage_plan(timed["stage_iterations"])
+    assert list(plan) == ["main", "head"] and min(plan.values()) >= 1  # in the model's stage order
+    assert f"(replay with --stage-iterations): {timed['stage_iterations']}" in capsys.readouterr().out
+    stop = ["--iterations", str(timed["iterations"])] if timed["stopped_by_time"] else []
+    replay = ["--stage-iterations", timed["stage_iterations"], *stop, "--out", str(tmp_path / "replay")]
+    assert main([*args, *replay]) == 0
+    again = json.loads((tmp_path / "replay" / "metrics.json").read_text())
+    assert again["stage_iterations"] == timed["stage_iterations"] and again["iterations"] == timed["iterations"]
+    assert json.loads((tmp_path / "replay" / "spec.json").read_text())["stage_iterations"] == plan
+    first, second = (load_bundle(tmp_path / r / "model.pt", "cpu").model for r in ("timed", "replay"))
+    for k, v in first.net.state_dict().items():
+        assert torch.equal(v, second.net.state_dict()[k]), k
+    assert main([*args, "--minutes", "1", "--stage-iterations", "main=3,head=1", "--out", str(tmp_path / "x")]) == 1
+    assert "without minutes" in capsys.readouterr().err
+    assert main([*args, "--stage-iterations", "vq=3", "--out", str(tmp_path / "y")]) == 1
+    assert "tiny trains main, head" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--stage-iterations", "main=x", "--out", str(tmp_path / "z")])
+    assert "NAME=COUNT" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from recon_core.bundle import load_bundle
 from recon_core.errors import CheckpointError, ConfigError, DataError, TrainingCancelled
 from recon_core.evaluation import evaluate_bundle, load_eval, save_eval
 from recon_core.inference import overlay, predict_paths, write_csv
-from recon_core.runs import RunSpec, execute_run, resolve_data_path
+from recon_core.runs import RunSpec, execute_run, replay_spec, resolve_data_path
 from recon_core.synth import SynthConfig
 
 pytestmark = pytest.mark.usefixtures("tiny_model_env")
@@ -198,3 +198,24 @@ def test_a_dsr_run_without_a_budget_gets_the_minutes_its_preset_was_measured_wit
     dsr = get_model_class("dsr")
     budget = budget_for(RunSpec(data="unused", model="dsr"), dsr, "cpu")
     assert budget.minutes == 10.0 and budget.iterations is None
+
+
+def test_replay_spec_trains_the_recorded_plan_and_refuses_what_it_cannot_replay():
+    spec = RunSpec(data="x", model="dsr", minutes=10, seed=2, name="quiet")
+    plan = {"vq": 490, "dsr": 350, "upsampling": 175}
+    replay = replay_spec(spec, {"stage_iterations": "vq=490,dsr=350,upsampling=175", "iterations": 1015})
+    assert (replay.minutes, replay.iterations, replay.stage_iterations) == (None, None, plan)
+    assert (replay.seed, replay.model, replay.name) == (2, "dsr", "quiet (replay)")
+    assert RunSpec.from_json(replay.to_json()) == replay  # travels to job workers and cluster nodes as JSON
+    cut = {"stage_iterations": "vq=490,dsr=350,upsampling=175", "iterations": 900}
+    assert replay_spec(spec, cut).iterations == 900  # cut short: stop there
+    with pytest.raises(ConfigError, match="no iterations per stage"):
+        replay_spec(spec, {"iterations": 1015})
+    with pytest.raises(ConfigError, match="without minutes"):
+        RunSpec(data="x", minutes=1, stage_iterations={"vq": 3})
+    with pytest.raises(ConfigError, match="whole number"):
+        RunSpec.from_dict({"data": "x", "stage_iterations": {"vq": "many"}})
+    with pytest.raises(ConfigError, match="several models"):
+        from recon_core.auto import AutoConfig, total_budget
+
+        total_budget(RunSpec(data="x", model="auto", stage_iterations={"vq": 3}), AutoConfig())

@@ -13,8 +13,9 @@ from tiny_model import TinyConfig, TinyModel, tiny_images
 
 from recon_core import train as train_mod
 from recon_core.bundle import atomic_torch_save, load_bundle, read_bundle_dict
-from recon_core.errors import TrainingCancelled, TrainingError
+from recon_core.errors import ConfigError, TrainingCancelled, TrainingError
 from recon_core.models.base import Budget, TrainingStage
+from recon_core.stage_plan import format_stage_plan, parse_stage_plan
 from recon_core.train import fit, lr_factor, stage_lengths
 
 pytestmark = pytest.mark.usefixtures("tiny_model_env")
@@ -410,3 +411,67 @@ def test_bad_images_are_refused():
         fit(TinyModel(TinyConfig()), tiny_images(size=16), None, Budget(iterations=2))
     with pytest.raises(TrainingError):
         fit(TinyModel(TinyConfig()), np.zeros((0, 32, 32, 3), np.float32), None, Budget(iterations=2))
+
+
+def test_a_minutes_run_replays_exactly_from_its_stage_plan_on_a_slower_machine(monkeypatch):
+    """A minutes budget plans each stage on time, so a slower (busier) machine trains fewer iterations in the same
+    minutes, and the total split by weight is another schedule: the recorded per-stage plan replays the run iteration
+    for iteration (the benchmarks' rule: a busy machine replays the iterations of a quiet one)."""
+    images, slow = tiny_images(), {"factor": 1.0}
+    clocked_stages(monkeypatch, lambda i: 1.0 * slow["factor"], lambda i: 3.0 * slow["factor"])
+
+    def run(budget: Budget) -> tuple[TinyModel, object]:
+        torch.manual_seed(0)
+        model = TinyModel(TinyConfig(two_stages=True))
+        return model, fit(model, images, None, budget, seed=3)
+
+    timed, recorded = run(Budget(minutes=2))
+    assert recorded.stage_iterations == {"main": 85, "head": 9}
+    slow["factor"] = 3.0
+    _, busier = run(Budget(minutes=2))
+    assert busier.iterations < recorded.iterations  # the same minutes, fewer iterations
+    _, by_total = run(Budget(iterations=recorded.iterations))
+    assert by_total.stage_iterations != recorded.stage_iterations  # split by weight: another schedule
+    replayed, summary = run(Budget(stage_iterations=recorded.stage_iterations))
+    assert summary.stage_iterations == recorded.stage_iterations and summary.iterations == recorded.iterations
+    assert replayed.lr_trace == timed.lr_trace
+    for k, v in weights(timed).items():
+        assert torch.equal(v, weights(replayed)[k]), k
+
+
+def test_a_replay_stops_where_a_run_cut_short_by_its_deadline_stopped(monkeypatch):
+    images = tiny_images()
+    clocked_stages(monkeypatch, lambda i: 1.0, lambda i: 3.0 if i < 10 else 9.0)
+    torch.manual_seed(0)
+    timed = TinyModel(TinyConfig(two_stages=True))
+    recorded = fit(timed, images, None, Budget(minutes=4), seed=3)
+    assert recorded.stopped_by_time and recorded.iterations < sum(recorded.stage_iterations.values())
+    torch.manual_seed(0)
+    replayed = TinyModel(TinyConfig(two_stages=True))
+    budget = Budget(stage_iterations=recorded.stage_iterations, iterations=recorded.iterations)
+    reports = []
+    summary = fit(replayed, images, None, budget, seed=3, progress=reports.append, progress_every=5)
+    assert summary.iterations == recorded.iterations and replayed.finished
+    assert reports[-1].total_iterations == recorded.iterations  # progress counts to where the replay stops
+    assert replayed.lr_trace == timed.lr_trace
+    for k, v in weights(timed).items():
+        assert torch.equal(v, weights(replayed)[k]), k
+
+
+def test_replay_budgets_refuse_what_cannot_be_replayed():
+    with pytest.raises(ConfigError, match="without minutes"):
+        Budget(minutes=1, stage_iterations={"main": 3})
+    with pytest.raises(ConfigError, match="1 to the plan's 4"):
+        Budget(iterations=5, stage_iterations={"main": 3, "head": 1})
+    with pytest.raises(ConfigError, match="whole number"):
+        Budget(stage_iterations={"main": -1})
+    with pytest.raises(ConfigError, match="no iterations"):
+        Budget(stage_iterations={"main": 0})
+    with pytest.raises(ConfigError, match="tiny trains main, head"):
+        fit(TinyModel(TinyConfig(two_stages=True)), tiny_images(), None, Budget(stage_iterations={"vq": 3}))
+    plan = parse_stage_plan("vq=490, dsr=350 upsampling=175")
+    assert plan == {"vq": 490, "dsr": 350, "upsampling": 175}
+    assert format_stage_plan(plan) == "vq=490,dsr=350,upsampling=175"
+    for bad in ("vq", "vq=x", "vq=1,vq=2", "=3", "vq=-1", ""):
+        with pytest.raises(ConfigError):
+            parse_stage_plan(bad)

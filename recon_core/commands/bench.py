@@ -12,6 +12,7 @@ import json
 
 from recon_core.bench import BenchConfig, default_data_root, run_bench
 from recon_core.errors import ConfigError
+from recon_core.stage_plan import stage_plan_option
 
 
 def _shots(text: str) -> int | None:
@@ -74,9 +75,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="K real defect images of the test split go to training and leave the evaluation (default 0)",
     )
-    budget = p.add_mutually_exclusive_group(required=True)
+    budget = p.add_mutually_exclusive_group()  # one of them, or --stage-iterations: BenchConfig says so
     budget.add_argument("--minutes", type=float, help="training wall-clock budget per run")
-    budget.add_argument("--iterations", type=int, help="training iterations per run")
+    budget.add_argument("--iterations", type=int, help="training iterations per run (with --stage-iterations: stop)")
+    p.add_argument(
+        "--stage-iterations",
+        type=stage_plan_option,
+        metavar="PLAN",
+        help="replay a row's schedule (its stage_iterations column, e.g. vq=490,dsr=350,upsampling=175): the same "
+        "iterations per stage on any machine, where a minutes budget trains fewer on a busy one",
+    )
     p.add_argument("--preset", help="model preset (default: each model's default)")
     p.add_argument("--set", help="model config overrides as JSON, e.g. '{\"lr\": 0.001}'")
     p.add_argument(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from recon_core.errors import CheckpointError, ConfigError, DataError, ReconError
+from recon_core.stage_plan import stage_plan_option
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -118,6 +119,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--iterations", type=int, default=None, help="training iterations (default: the preset's suggested budget)"
     )
     budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget in minutes")
+    p.add_argument(
+        "--stage-iterations",
+        type=stage_plan_option,
+        default=None,
+        metavar="PLAN",
+        help="replay a run's schedule: its iterations per stage, e.g. vq=490,dsr=350,upsampling=175 (printed by "
+        "train, in metrics.json); with --iterations N the replay stops after N, as that run did",
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument(
@@ -237,6 +246,8 @@ def train(args: argparse.Namespace) -> int:
     print(f"run folder: {out}")
     print(f"model: {result.bundle_path}")
     print(json.dumps(summary, indent=2))
+    if "," in (m.get("stage_iterations") or ""):  # several stages: the total alone does not replay the schedule
+        print(f"iterations per stage (replay with --stage-iterations): {m['stage_iterations']}")
     if m.get("synthetic"):
         print("note: no real defect images: metrics are on held-out good images + synthetic defects (optimistic)")
     _print_caveats(m.get("warnings"), m.get("threshold"))

@@ -20,17 +20,24 @@ from torch import nn
 
 from recon_core.config import from_dict, to_dict
 from recon_core.errors import ConfigError
+from recon_core.stage_plan import check_replay
 
 
 @dataclass
 class Budget:
     """How long to train: a number of iterations, or a wall-clock limit in minutes (each stage calibrated at its
-    start on its own iterations, see train.py)."""
+    start on its own iterations, see train.py), or a replay: `stage_iterations`, the per-stage plan a run recorded
+    (TrainSummary.stage_iterations, metrics.json), with `iterations` optionally where that run stopped. A minutes run
+    plans its stages on time, so its total split by weight is another schedule; the plan replays it exactly."""
 
     iterations: int | None = None
     minutes: float | None = None
+    stage_iterations: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.stage_iterations is not None:
+            check_replay(self.stage_iterations, self.iterations, self.minutes, "budget")
+            return
         if (self.iterations is None) == (self.minutes is None):
             raise ConfigError("budget: give exactly one of iterations or minutes")
         if self.iterations is not None and self.iterations < 1:
