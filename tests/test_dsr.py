@@ -353,3 +353,27 @@ def test_onnx_export_matches_torch(trained_tiny, tmp_path):
     info = export_onnx(tmp_path / "model.pt", tmp_path / "model.onnx")  # checks onnxruntime parity itself
     assert info["parity"] == "ok"
     assert info["outputs"]["anomaly_map"] == ["batch", 32, 32]
+
+
+def test_a_minutes_run_replays_exactly_from_its_recorded_stage_plan():
+    """DSR's three stages are planned on time under a minutes budget; fit's recorded per-stage plan trains the same
+    model again (VQ codebook updates, feature-space anomalies, the upsampler) to identical scores."""
+    from recon_core.models.base import Budget
+    from recon_core.train import fit
+
+    images = smooth_images(8, 32, 5)
+
+    def trained(budget: Budget) -> tuple[Dsr, object]:
+        torch.manual_seed(0)  # as the entry points do: weights drawn after seeding
+        model = Dsr(tiny_config())
+        return model, fit(model, images, SynthConfig(seed=1), budget, seed=1)
+
+    timed, recorded = trained(Budget(minutes=0.1))
+    assert list(recorded.stage_iterations) == ["vq", "dsr", "upsampling"]
+    assert min(recorded.stage_iterations.values()) >= 1
+    stop = recorded.iterations if recorded.stopped_by_time else None
+    replayed, summary = trained(Budget(stage_iterations=recorded.stage_iterations, iterations=stop))
+    assert summary.iterations == recorded.iterations and replayed.steps == timed.steps
+    probe = np.concatenate([smooth_images(4, 32, 7), clear_defects(smooth_images(4, 32, 8))])
+    a, b = timed.predict(probe), replayed.predict(probe)
+    assert np.array_equal(a.image_scores, b.image_scores) and np.array_equal(a.maps, b.maps)
