@@ -6,7 +6,8 @@ good images, move a designer slider (the preview changes), train a tiny DRAEM to
 renamed copy of a training image) and re-evaluate (heatmap + ROC; never on the run's training images), see the
 provisional default threshold and a false-alarm target the goods cannot resolve, save a threshold, inspect a new
 image (verdict + score), export (a real download) and score the image with the zip's predict_onnx.py (the same
-score and verdict as the app). A failing step leaves a screenshot in its tmp_path, and the later steps fail at once
+score and verdict as the app), train DSR on a minutes budget and replay its iterations per stage (the same
+evaluation). A failing step leaves a screenshot in its tmp_path, and the later steps fail at once
 instead of waiting on a broken app.
 
 Without a browser these tests FAIL and say how to get one (`apt-get install chromium` or RECON_CHROMIUM).
@@ -445,4 +446,44 @@ def test_export_bundle_download(ui: Any, app: dict[str, Any], tmp_path: Path) ->
     ).stdout.splitlines()
     _, onnx_score, onnx_verdict, _ = out[1].split(",")
     assert abs(float(onnx_score) - score) < 1e-4 and onnx_verdict == verdict, (out, verdict, score)
+    no_errors(ui)
+
+
+def test_replay_a_minutes_run_of_several_stages(ui: Any, app: dict[str, Any]) -> None:
+    """A DSR run on a minutes budget (three stages, each planned on time): the Train page shows its iterations per
+    stage, and "Replay this schedule" trains exactly them again; the replay's evaluation equals the run's."""
+    import json
+
+    from recon_core.jobs import JobStore
+
+    go(ui, app, "/train", "Train")
+    select_option(ui, "Model", "DSR")
+    ui.get_by_role("radiogroup", name="Budget").get_by_text("minutes", exact=True).click()
+    idle(ui)
+    box = ui.get_by_label("Training minutes")
+    box.fill("0.5")
+    box.press("Enter")
+    idle(ui)
+    ui.get_by_label("Run name (optional)").fill("dsr-timed")
+    ui.get_by_label("Run name (optional)").press("Enter")
+    idle(ui)
+    ui.get_by_role("button", name="Start training").click()
+    ui.get_by_text(re.compile(r"Queued job")).wait_for()
+    plan = ui.get_by_text(re.compile(r"^Iterations per stage: vq \d+ · dsr \d+ · upsampling \d+"))
+    plan.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    idle(ui)
+    if os.environ.get("RECON_E2E_SHOTS"):  # a person's look at the page (README: screenshots of changed pages)
+        ui.screenshot(path=str(Path(os.environ["RECON_E2E_SHOTS"]) / "train_replay.png"), full_page=True)
+    ui.get_by_role("button", name="Replay this schedule").click()
+    ui.get_by_text(re.compile("the replay of")).wait_for()
+    store, deadline = JobStore(app["workspace"]), time.monotonic() + TRAIN_TIMEOUT_MS / 1000
+    runs: dict[str, Any] = {}
+    while time.monotonic() < deadline and len(runs) < 2:
+        runs = {j.spec["name"]: j for j in store.list_jobs() if j.state == "succeeded" and j.model == "dsr"}
+        time.sleep(1)
+    timed, replay = (
+        json.loads((runs[n].run_dir / "metrics.json").read_text()) for n in ("dsr-timed", "dsr-timed (replay)")
+    )
+    assert replay["stage_iterations"] == timed["stage_iterations"] and replay["iterations"] == timed["iterations"]
+    assert replay["image_auroc"] == timed["image_auroc"]  # one machine, one thread count: the same model
     no_errors(ui)
