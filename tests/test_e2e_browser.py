@@ -473,7 +473,8 @@ def test_replay_a_minutes_run_of_several_stages(ui: Any, app: dict[str, Any]) ->
     plan.wait_for(timeout=TRAIN_TIMEOUT_MS)
     idle(ui)
     if os.environ.get("RECON_E2E_SHOTS"):  # a person's look at the page (README: screenshots of changed pages)
-        ui.screenshot(path=str(Path(os.environ["RECON_E2E_SHOTS"]) / "train_replay.png"), full_page=True)
+        plan.scroll_into_view_if_needed()
+        ui.screenshot(path=str(Path(os.environ["RECON_E2E_SHOTS"]) / "train_replay.png"))
     ui.get_by_role("button", name="Replay this schedule").click()
     ui.get_by_text(re.compile("the replay of")).wait_for()
     store, deadline = JobStore(app["workspace"]), time.monotonic() + TRAIN_TIMEOUT_MS / 1000
