@@ -124,6 +124,8 @@ def replay_spec(spec: RunSpec, metrics: dict[str, Any]) -> RunSpec:
     """`spec` again with the schedule its run recorded (metrics.json): the same iterations per stage, also when it
     had a minutes budget (a busy machine then trains fewer), stopping where it stopped."""
     recorded = metrics.get("stage_iterations")
+    if spec.model == "auto" or metrics.get("auto"):  # its metrics are the winner's: that plan is one candidate's
+        raise ConfigError("an auto run trained several models: it has no one schedule to replay")
     if not recorded:
         raise ConfigError("this run recorded no iterations per stage (an auto run, or one from before they were kept)")
     plan = parse_stage_plan(recorded)

@@ -211,6 +211,8 @@ def test_replay_spec_trains_the_recorded_plan_and_refuses_what_it_cannot_replay(
     assert replay_spec(spec, cut).iterations == 900  # cut short: stop there
     with pytest.raises(ConfigError, match="no iterations per stage"):
         replay_spec(spec, {"iterations": 1015})
+    with pytest.raises(ConfigError, match="several models"):  # auto's metrics carry its winner's plan
+        replay_spec(RunSpec(data="x", model="auto", minutes=10), {"stage_iterations": "draem=1330", "auto": {}})
     with pytest.raises(ConfigError, match="without minutes"):
         RunSpec(data="x", minutes=1, stage_iterations={"vq": 3})
     with pytest.raises(ConfigError, match="whole number"):
