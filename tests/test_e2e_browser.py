@@ -214,6 +214,21 @@ def select_option(page: Any, label: str, option: str) -> None:
     idle(page)
 
 
+def start_training(page: Any, budget: str, amount: float, name: str) -> None:
+    """Train page: a budget in "iterations" or "minutes", a run name, Start training; waits until it is queued."""
+    page.get_by_role("radiogroup", name="Budget").get_by_text(budget, exact=True).click()
+    idle(page)
+    box = page.get_by_label(f"Training {budget}")
+    box.fill(str(amount))
+    box.press("Enter")
+    idle(page)
+    page.get_by_label("Run name (optional)").fill(name)
+    page.get_by_label("Run name (optional)").press("Enter")
+    idle(page)
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text(re.compile(r"Queued job")).wait_for()
+
+
 def image_src(page: Any, caption: str) -> str:
     return page.locator('[data-testid="stImage"]').filter(has_text=caption).locator("img").get_attribute("src")
 
@@ -293,17 +308,7 @@ def test_designer_slider_changes_the_preview(ui: Any, app: dict[str, Any]) -> No
 def test_train_tiny_model_to_completion(ui: Any, app: dict[str, Any]) -> None:
     go(ui, app, "/train", "Train")
     select_option(ui, "Preset", "cpu-fast")
-    ui.get_by_role("radiogroup", name="Budget").get_by_text("iterations", exact=True).click()
-    idle(ui)
-    box = ui.get_by_label("Training iterations")
-    box.fill(str(ITERATIONS))
-    box.press("Enter")
-    idle(ui)
-    ui.get_by_label("Run name (optional)").fill("e2e")
-    ui.get_by_label("Run name (optional)").press("Enter")
-    idle(ui)
-    ui.get_by_role("button", name="Start training").click()
-    ui.get_by_text(re.compile(r"Queued job")).wait_for()
+    start_training(ui, "iterations", ITERATIONS, "e2e")
     ui.get_by_text(re.compile(rf"^succeeded · .*iteration {ITERATIONS}/{ITERATIONS}")).wait_for(
         timeout=TRAIN_TIMEOUT_MS
     )
@@ -458,17 +463,7 @@ def test_replay_a_minutes_run_of_several_stages(ui: Any, app: dict[str, Any]) ->
 
     go(ui, app, "/train", "Train")
     select_option(ui, "Model", "DSR")
-    ui.get_by_role("radiogroup", name="Budget").get_by_text("minutes", exact=True).click()
-    idle(ui)
-    box = ui.get_by_label("Training minutes")
-    box.fill("0.5")
-    box.press("Enter")
-    idle(ui)
-    ui.get_by_label("Run name (optional)").fill("dsr-timed")
-    ui.get_by_label("Run name (optional)").press("Enter")
-    idle(ui)
-    ui.get_by_role("button", name="Start training").click()
-    ui.get_by_text(re.compile(r"Queued job")).wait_for()
+    start_training(ui, "minutes", 0.5, "dsr-timed")
     plan = ui.get_by_text(re.compile(r"^Iterations per stage: vq \d+ · dsr \d+ · upsampling \d+"))
     plan.wait_for(timeout=TRAIN_TIMEOUT_MS)
     idle(ui)
