@@ -20,7 +20,7 @@ from recon_core.jobs.cluster import CLUSTER_ENV, cluster_address, cluster_resour
 from recon_core.memory import preset_summary
 from recon_core.models import get_model_class, model_names
 from recon_core.runs import RunSpec, replay_spec
-from recon_core.stage_plan import parse_stage_plan
+from recon_core.stage_plan import parse_stage_plan, several_stages
 
 POLL_S = 2.0
 
@@ -226,8 +226,8 @@ def replay(project_name: str, job) -> None:
     minutes budget trains fewer on a busier machine; the same plan replays the same schedule on any machine)."""
     path = job.run_dir / "metrics.json"
     metrics = load_json(path) if path.is_file() else {}
-    recorded = metrics.get("stage_iterations") or ""
-    if "," not in recorded:  # one stage (or none recorded): the iteration count replays it
+    recorded = metrics.get("stage_iterations")
+    if not several_stages(recorded):  # one stage (or none recorded): the iteration count replays it
         return
     plan = parse_stage_plan(recorded)
     st.caption(

@@ -491,6 +491,7 @@ def _assemble(run_dir: Path, winner: str, record: dict[str, Any], started: float
     data["auto"] = {k: record[k] for k in ("held_out_goods", "validation_defects", "training_defects")}
     save_json(run_dir / "data.json", data)
     metrics = {**load_json(src / "metrics.json"), "auto": record, "wall_seconds": round(time.time() - started, 2)}
+    metrics.pop("stage_iterations", None)  # the winner's plan: one candidate's schedule, not this run's (no replay)
     save_json(run_dir / CANDIDATES_FILE, record)
     save_json(run_dir / "metrics.json", metrics)
     for path in (run_dir / "candidates").glob("*/checkpoint.pt"):  # finished: the bundles are what is kept

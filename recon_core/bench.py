@@ -311,7 +311,7 @@ def run_one(
         "synthetic_eval": bool(metrics.get("synthetic", False)),
         "iterations": iterations,
         # what replays this run (bench --stage-iterations); none for `auto`, which trains several models
-        "stage_iterations": "" if metrics.get("auto") else metrics.get("stage_iterations") or "",
+        "stage_iterations": metrics.get("stage_iterations") or "",
         "normalisation": metrics.get("normalisation"),  # the map normalisation chosen after training
         "train_s": train_s,
         "s_per_iteration": train_s / iterations if images_per_s else None,  # one network's speed, or none

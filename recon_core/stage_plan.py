@@ -55,6 +55,12 @@ def format_stage_plan(plan: dict[str, int]) -> str:
     return ",".join(f"{name}={n}" for name, n in plan.items())
 
 
+def several_stages(recorded: str | None) -> bool:
+    """Whether a recorded plan ("vq=481,dsr=317,...") has more than one stage: then its total alone does not replay
+    the run, and the CLI and the Train page show the plan."""
+    return len(parse_stage_plan(recorded)) > 1 if recorded else False
+
+
 def stage_plan_option(text: str) -> dict[str, int]:
     """The argparse type of --stage-iterations (train, jobs submit, bench)."""
     try:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from recon_core.errors import CheckpointError, ConfigError, DataError, ReconError
-from recon_core.stage_plan import stage_plan_option
+from recon_core.stage_plan import several_stages, stage_plan_option
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -246,7 +246,7 @@ def train(args: argparse.Namespace) -> int:
     print(f"run folder: {out}")
     print(f"model: {result.bundle_path}")
     print(json.dumps(summary, indent=2))
-    if "," in (m.get("stage_iterations") or ""):  # several stages: the total alone does not replay the schedule
+    if several_stages(m.get("stage_iterations")):
         print(f"iterations per stage (replay with --stage-iterations): {m['stage_iterations']}")
     if m.get("synthetic"):
         print("note: no real defect images: metrics are on held-out good images + synthetic defects (optimistic)")
