@@ -67,8 +67,8 @@ def _run_child(spec: dict, run_dir: Path, draws: int) -> tuple[np.ndarray, np.nd
 
 @pytest.mark.parametrize(
     ("name", "speed"),
-    [("draem", {}), ("autoencoder", {}), ("draem", {"precision": "bf16", "channels_last": True})],
-    ids=["draem", "autoencoder", "draem-bf16"],
+    [*((name, {}) for name in model_names()), ("draem", {"precision": "bf16", "channels_last": True})],
+    ids=[*model_names(), "draem-bf16"],
 )
 def test_two_processes_one_seed_give_identical_scores(name: str, speed: dict, tmp_path: Path) -> None:
     data = make_mvtec(tmp_path / "data")
