@@ -10,8 +10,8 @@
 #                                               # (0 labelled defects = the a0/a12 rows)
 #
 # Budgets are ITERATIONS, not minutes, so the amount of training does not depend on the machine's load; each run
-# trains for ~10-20 s on 2 cores. Metrics are NOT bit-reproducible: the same seed gave bottle autoencoder image
-# AUROC 0.915 / 0.887 / 0.933 on three runs (notes/benchmarks.md).
+# trains for ~10-45 s on 2 cores. Since seeded starting weights (2026-12-02) a row is bit-reproducible for one seed,
+# iteration count, thread count and CPU (rows before that date varied run to run: notes/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PY="${PYTHON:-python}" OUT=${OUT:-benchmarks/results} NAME=${NAME:-baselines}
