@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recon_core import metrics
+from recon_core.auto_choice import resize_maps
 from recon_core.images import load_test_set
 
 GRID = 128
@@ -40,11 +39,11 @@ def main() -> None:
     mask_of = dict(zip(test.paths, test.masks, strict=True))
     for run in map(Path, args.runs):
         with np.load(run / "eval.npz") as ev:
-            labels, scores, masks, maps = ev["labels"], ev["scores"], ev["masks"], ev["maps"].astype(np.float32)
-        paths = json.loads((run / "eval.json").read_text())["paths"]
-        up = F.interpolate(torch.from_numpy(maps)[:, None], size=(GRID, GRID), mode="bilinear", align_corners=False)
-        own = metrics.evaluate(labels, scores, masks, maps)
-        grid = metrics.evaluate(labels, scores, np.stack([mask_of[p] for p in paths]), up[:, 0].numpy())
+            labels, scores, maps = ev["labels"], ev["scores"], ev["maps"]
+        record = json.loads((run / "eval.json").read_text())
+        own = record["metrics"]  # the run's own evaluation, at the model's resolution
+        masks = np.stack([mask_of[p] for p in record["paths"]])
+        grid = metrics.evaluate(labels, scores, masks, resize_maps(maps, GRID))
         row = {"run": run.name, "map_px": int(maps.shape[-1]), "grid_px": GRID}
         row.update({f"{k}_own": own[k] for k in ("pixel_auroc", "aupro")})
         row.update({f"{k}_{GRID}": grid[k] for k in ("pixel_auroc", "aupro")})

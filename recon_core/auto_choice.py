@@ -20,7 +20,9 @@ def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(im, (size, size), interpolation=interp) for im in images]).astype(np.float32)
 
 
-def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
+def resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    """(N, h, w) anomaly maps -> (N, size, size) float32, bilinear: maps of models with other resolutions judged on
+    one grid (auto's candidates; benchmarks/pixel_at_128.py)."""
     if maps.shape[1] == size:
         return maps.astype(np.float32)
     return np.stack([cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR) for m in maps])
@@ -75,7 +77,7 @@ def score_candidate(model: Any, probes: Any, real: dict[str, Any] | None) -> tup
     model.train_mode(False)
     pred = model.score(_resize_images(probes.images, model.config.image_size), batch_size=batch)
     scores = np.asarray(pred.image_scores, np.float64)
-    maps = _resize_maps(np.asarray(pred.maps), size)
+    maps = resize_maps(np.asarray(pred.maps), size)
     goods = probes.labels == 0
     per_kind: dict[str, float] = {}
     for kind in sorted(set(probes.kinds) - {"good"}):
@@ -97,7 +99,7 @@ def score_candidate(model: Any, probes: Any, real: dict[str, Any] | None) -> tup
         labels=np.concatenate([np.zeros(int(goods.sum()), int), np.ones(len(real["images"]), int)]),
         scores=np.concatenate([scores[goods], np.asarray(rp.image_scores, np.float64)]),
         masks=None if real["masks"] is None else np.concatenate([probes.masks[goods], real["masks"]]),
-        maps=np.concatenate([maps[goods], _resize_maps(np.asarray(rp.maps), size)]),
+        maps=np.concatenate([maps[goods], resize_maps(np.asarray(rp.maps), size)]),
     )
     signal, image, pixel = evidence.signal()
     out.update(real_image_auroc=_round(image), real_pixel_auroc=pixel, real_signal=_round(signal))
