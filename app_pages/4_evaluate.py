@@ -21,7 +21,13 @@ from app_pages._ui import (
     score_histogram,
 )
 from recon_core import metrics
-from recon_core.evaluation import evaluate_bundle, evaluated_on, record_evaluation, synthetic_test_set
+from recon_core.evaluation import (
+    defect_type_rows,
+    evaluate_bundle,
+    evaluated_on,
+    record_evaluation,
+    synthetic_test_set,
+)
 from recon_core.images import load_image, load_images, to_uint8
 from recon_core.inference import overlay
 
@@ -50,6 +56,45 @@ def curves(result) -> None:
         )
         c2.plotly_chart(fig, key="pr_chart")
     c3.plotly_chart(score_histogram(result.labels, result.scores), key="hist_chart")
+
+
+def per_type(result, run_dir: Path) -> None:
+    """Which kinds of defect the model finds and which it misses (a headline AUROC can hide a kind at chance)."""
+    threshold = bundle(run_dir).threshold
+    rows = defect_type_rows(result, threshold)
+    if len(rows) < 2:
+        return
+    st.subheader("Per defect type")
+    table = pd.DataFrame(rows)
+    fig = go.Figure()
+    fig.add_bar(y=table["type"], x=table["image_auroc"], orientation="h", name="image AUROC")
+    if table["pixel_auroc"].notna().any():
+        fig.add_bar(y=table["type"], x=table["pixel_auroc"], orientation="h", name="pixel AUROC")
+    fig.add_vline(x=0.5, line_dash="dash", line_color="gray", annotation_text="chance")
+    fig.update_layout(
+        title="AUROC per defect type",
+        barmode="group",
+        xaxis={"range": [0, 1], "title": "AUROC (this type against every good image)"},
+        yaxis={"autorange": "reversed"},
+        height=120 + 45 * len(rows),
+        margin=CHART_MARGIN,
+    )
+    st.plotly_chart(fig, key="per_type_chart")
+    columns = {
+        "type": "type",
+        "n": "images",
+        "image_auroc": "image AUROC",
+        "pixel_auroc": "pixel AUROC",
+        "caught": "caught at the saved threshold",
+    }
+    shown = table[[c for c in columns if c in table]].rename(columns=columns)
+    formats = {name: st.column_config.NumberColumn(format="%.3f") for name in ("image AUROC", "pixel AUROC")}
+    if "caught" in table:
+        shown["caught at the saved threshold"] *= 100
+        formats["caught at the saved threshold"] = st.column_config.NumberColumn(format="%.0f%%")
+    st.dataframe(shown, hide_index=True, width="stretch", key="per_type_table", column_config=formats)
+    if threshold is None:
+        st.caption("Save a threshold on the Threshold page to see how many of each type it catches.")
 
 
 def body() -> None:
@@ -85,6 +130,7 @@ def body() -> None:
         value = m.get(key)
         col.metric(label, "—" if value is None else f"{value:.3f}")
     curves(result)
+    per_type(result, run_dir)
 
     st.subheader("Per image")
     table = (

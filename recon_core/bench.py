@@ -324,6 +324,7 @@ def run_one(
         "batch_size": net.config.batch_size,
         "device": str(net.device),
         "precision": metrics.get("precision"),  # what training ran in ("auto" resolves per machine)
+        "by_type": metrics.get("by_type"),  # per defect type (JSON only): which kinds of real defect it finds
     }
     return row
 

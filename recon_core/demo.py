@@ -94,19 +94,21 @@ def _save(path: Path, rgb: np.ndarray) -> None:
 def write_demo_dataset(
     out: str | os.PathLike, *, seed: int = 7, n_good: int = N_GOOD, n_defect: int = N_DEFECT, size: int = SIZE
 ) -> Path:
-    """An MVTec-layout folder: train/good (n_good), test/defect + ground_truth/defect (n_defect)."""
+    """An MVTec-layout folder: train/good (n_good), test/<kind> + ground_truth/<kind> (n_defect, the kinds in turn:
+    scratch, dent, stain), so a project made from it knows each defect's type."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     (out / "train" / "good").mkdir(parents=True, exist_ok=True)
-    (out / "test" / "defect").mkdir(parents=True, exist_ok=True)
-    (out / "ground_truth" / "defect").mkdir(parents=True, exist_ok=True)
     for i in range(n_good):
         _save(out / "train" / "good" / f"washer_{i:03d}.png", draw_washer(rng, size))
     kinds = ("scratch", "dent", "stain")
     for i in range(n_defect):
-        img, mask = add_defect(draw_washer(rng, size), rng, kinds[i % len(kinds)])
-        _save(out / "test" / "defect" / f"{kinds[i % 3]}_{i:03d}.png", img)
-        _save(out / "ground_truth" / "defect" / f"{kinds[i % 3]}_{i:03d}_mask.png", mask)
+        kind = kinds[i % len(kinds)]
+        img, mask = add_defect(draw_washer(rng, size), rng, kind)
+        (out / "test" / kind).mkdir(parents=True, exist_ok=True)
+        (out / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+        _save(out / "test" / kind / f"{i:03d}.png", img)
+        _save(out / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
     return out
 
 

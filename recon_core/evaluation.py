@@ -157,6 +157,9 @@ def evaluate_bundle(
     labels = np.asarray(test.labels, dtype=int)
     use_masks = bool(test.has_masks)
     result_metrics = metrics.evaluate(labels, scores, test.masks if use_masks else None, maps if use_masks else None)
+    result_metrics["by_type"] = metrics.by_defect_type(
+        labels, scores, test.defect_types, test.masks if use_masks else None, maps if use_masks else None
+    )
     result_metrics["synthetic"] = synthetic
     result_metrics.update(exclusion.to_metrics())
     result_metrics["warnings"] = (
@@ -311,6 +314,44 @@ def load_eval(path: str | Path) -> EvalResult:
         metrics=with_legacy_warning(dict(meta.get("metrics", {}))),
         synthetic=bool(meta.get("synthetic")),
     )
+
+
+def defect_type_rows(result: EvalResult, threshold: Any = None) -> list[dict[str, Any]]:
+    """metrics.by_defect_type of an evaluation (computed on full-size maps when it was made; an evaluation saved
+    before that existed is recomputed from its stored maps), plus `caught`, each type's share rejected at
+    `threshold` (a metrics.Threshold) when one is given."""
+    from recon_core import metrics
+
+    if len(result.defect_types) != len(result.labels):
+        return []  # an evaluation saved without its defect types
+    rows = result.metrics.get("by_type")
+    if rows is None:
+        with_maps = result.has_masks and result.maps.shape == result.masks.shape
+        rows = metrics.by_defect_type(
+            result.labels,
+            result.scores,
+            result.defect_types,
+            result.masks if with_maps else None,
+            result.maps if with_maps else None,
+        )
+    rows = [dict(r) for r in rows]
+    if threshold is not None:
+        caught = metrics.caught_by_type(result.labels, result.scores, result.defect_types, threshold)
+        for row in rows:
+            row["caught"] = caught.get(row["type"])
+    return rows
+
+
+def describe_type_row(row: dict[str, Any]) -> str:
+    """'crack (57 images): image AUROC 0.612, pixel AUROC 0.540, caught 30 %' (figures it lacks are left out)."""
+    parts = [
+        f"{label} {row[key]:.3f}"
+        for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"))
+        if row.get(key) is not None
+    ]
+    if row.get("caught") is not None:
+        parts.append(f"caught {100 * row['caught']:.0f} %")
+    return f"{row['type']} ({row['n']} images): " + ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class TestSet:
     masks: np.ndarray  # (N, H, W) float32 {0, 1}; zeros for good images and for defects without a mask
     has_masks: bool
     paths: list[str]
-    defect_types: list[str]  # "good" or the defect folder name
+    defect_types: list[str]  # "good" or the defect folder name (in a project: the type it was given)
     problems: list[ImageProblem] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -411,6 +411,14 @@ def load_dataset(path: str | os.PathLike, size: int | None, *, shots: int | None
         train = load_folder(root / "train" / "good", size, shots=shots, seed=seed)
         test_size = size if size is not None else train.images.shape[1]
         test = load_test_set(root, test_size)
+        if test is not None:
+            from recon_core.workspace import project_defect_types  # lazy: workspace imports this module
+
+            named = project_defect_types(root)  # a project keeps each defect's type apart from its one folder
+            test.defect_types = [
+                named.get(Path(p).name, kind) if kind != "good" else kind
+                for p, kind in zip(test.paths, test.defect_types, strict=True)
+            ]
         return Dataset(str(root), train, test)
     if not list_images(root):
         raise DataError(

@@ -199,6 +199,47 @@ def evaluate(labels: Any, scores: Any, masks: Any = None, maps: Any = None) -> d
     return out
 
 
+def by_defect_type(
+    labels: Any, scores: Any, defect_types: Any, masks: Any = None, maps: Any = None
+) -> list[dict[str, Any]]:
+    """Each kind of defect against all the good images: which kinds the model finds and which it misses (a headline
+    AUROC can hide a kind at chance behind an easy one). One row per defect type, by name: `type`, `n`,
+    `image_auroc` (that type's images vs every good image) and, with masks and maps, `pixel_auroc` (that type's
+    defect pixels vs the good pixels of those images and of every good image). Undefined figures are None."""
+    y, s = _labels_scores(labels, scores)
+    types = np.asarray(list(defect_types), dtype=object)
+    if types.shape != y.shape:
+        raise ReconError(f"metrics: {y.size} labels but {types.size} defect types")
+    good = y == 0
+    rows: list[dict[str, Any]] = []
+    for kind in sorted({str(t) for t in types[y == 1]}):
+        mine = (y == 1) & (types == kind)
+        keep = good | mine
+        row: dict[str, Any] = {
+            "type": kind,
+            "n": int(mine.sum()),
+            "image_auroc": _none_if_nan(image_auroc(y[keep], s[keep])),
+            "pixel_auroc": None,
+        }
+        if masks is not None and maps is not None:
+            row["pixel_auroc"] = _none_if_nan(pixel_auroc(np.asarray(masks)[keep], np.asarray(maps)[keep]))
+        rows.append(row)
+    return rows
+
+
+def caught_by_type(labels: Any, scores: Any, defect_types: Any, threshold: Threshold) -> dict[str, float]:
+    """Share of each defect type's images rejected at `threshold` (score >= its value): the detection rate per kind."""
+    y, s = _labels_scores(labels, scores)
+    types = np.asarray(list(defect_types), dtype=object)
+    if types.shape != y.shape:
+        raise ReconError(f"metrics: {y.size} labels but {types.size} defect types")
+    out: dict[str, float] = {}
+    for kind in sorted({str(t) for t in types[y == 1]}):
+        mine = (y == 1) & (types == kind)
+        out[kind] = float((s[mine] >= threshold.value).mean())
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Thresholds
 

@@ -57,6 +57,18 @@ MIN_GOODS = 10  # fewer: a warning (training still works, evaluation is thin)
 MAX_GOODS_ADVICE = 50
 
 
+def project_defect_types(data_dir: str | os.PathLike) -> dict[str, str]:
+    """{defect file name: type} when `data_dir` is a project's data folder (its defects share one folder, so their
+    types live in project.json), else {} (a plain MVTec folder names the type by its folder)."""
+    data_dir = Path(data_dir)
+    if data_dir.name != "data" or not (data_dir.parent / "project.json").is_file():
+        return {}
+    try:
+        return Project(data_dir.parent).defect_types()
+    except ConfigError:
+        return {}  # a hand-damaged project.json: the folder name still labels every defect
+
+
 def workspace_root(path: str | os.PathLike | None = None) -> Path:
     """The given folder, else $RECON_WORKSPACE, else ./workspace (created)."""
     root = Path(path or os.environ.get("RECON_WORKSPACE") or "workspace").expanduser().resolve()

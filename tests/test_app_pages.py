@@ -267,6 +267,11 @@ def test_evaluate_page(workspace: Path) -> None:
     at.slider(key="heat_alpha").set_value(0.9)
     at.run()
     assert not at.exception
+    # per defect type: the demo's three kinds, each against every good image, and the share its threshold catches
+    assert "Per defect type" in texts(at)
+    table = next(d.value for d in at.dataframe if "image AUROC" in d.value.columns)
+    assert list(table["type"]) == ["dent", "scratch", "stain"] and list(table["images"]) == [2, 2, 2]
+    assert table["caught at the saved threshold"].between(0, 100).all()
     at.button(key="run_eval").click()  # re-evaluate on the current test images: cached next to the run
     at.run()
     assert not at.exception and not at.error

@@ -218,6 +218,7 @@ def test_real_tiny_bench_run(tmp_path) -> None:
     assert (row["n_good"], row["n_defect"], row["labelled_defects"]) == (3, 3, 0)
     assert row["normalisation"] in ("none", "global")  # recorded; never per-pixel from training goods
     assert row["precision"] == "fp32"  # what training ran in ("auto" resolves per machine)
+    assert [(r["type"], r["n"]) for r in row["by_type"]] == [("spot", 3)]  # per defect type, in the JSON rows
     # AAE uses labelled defects: the one it trains on leaves the evaluation (3 defects in the test split -> 2)
     aae = bench.BenchConfig(models=["aae"], categories=["cat"], shots=[4], iterations=3, labelled_defects=[1],
                             model_overrides={"image_size": 16, "width": 4, "blocks": 2, "batch_size": 4},

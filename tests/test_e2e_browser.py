@@ -346,9 +346,13 @@ def test_goods_added_after_training_never_evaluate_the_run_on_its_training_image
 def test_evaluate_shows_heatmap_and_roc(ui: Any, app: dict[str, Any]) -> None:
     go(ui, app, "/evaluate", "Evaluate")
     ui.get_by_text("Under-trained").first.wait_for()  # issue 13.4: 10 iterations of a minutes preset
-    roc = ui.locator('[data-testid="stPlotlyChart"]').filter(has_text="ROC")
+    roc = ui.locator('[data-testid="stPlotlyChart"]').filter(has_text="false-alarm rate")
     roc.wait_for()
     assert roc.locator(".js-plotly-plot .scatterlayer path").count() >= 1  # the curve is drawn
+    # per defect type: one bar per kind of the demo's defects (scratch, dent, stain) and metric, drawn
+    per_type = ui.locator('[data-testid="stPlotlyChart"]').filter(has_text="per defect type")
+    per_type.wait_for()
+    assert per_type.locator(".js-plotly-plot .barlayer .point").count() >= 3
     heat = ui.locator('[data-testid="stImage"]').filter(has_text="anomaly heatmap").locator("img")
     heat.wait_for()
     assert heat.evaluate("i => i.complete && i.naturalWidth > 0")

@@ -322,3 +322,30 @@ def test_aupro_matches_brute_force(seed):
     masks[0, 0, 0] = 1
     maps = rng.random(masks.shape) + rng.random() * masks
     assert aupro(masks, maps) == pytest.approx(_brute_aupro(masks, maps), abs=1e-9)
+
+
+def test_by_defect_type_finds_the_kind_a_headline_hides():
+    """Two kinds of defect: one scored far above every good image, one among them. The headline AUROC is 0.75;
+    per type it is 1.0 and 0.5 (with masks, the pixel AUROC per type follows the same split)."""
+    from recon_core.metrics import by_defect_type, caught_by_type
+
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    types = ["good"] * 4 + ["crack", "crack", "stain", "stain"]
+    scores = [0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.15, 0.35]
+    assert image_auroc(labels, scores) == pytest.approx(0.75)
+    masks = np.zeros((8, 4, 4))
+    masks[4:, 0, 0] = 1
+    maps = np.zeros((8, 4, 4))
+    maps[4:6, 0, 0] = 1.0  # crack pixels above every good pixel, stain pixels level with them (ties count half)
+    rows = by_defect_type(labels, scores, types, masks, maps)
+    assert [(r["type"], r["n"]) for r in rows] == [("crack", 2), ("stain", 2)]
+    assert rows[0]["image_auroc"] == pytest.approx(1.0) and rows[1]["image_auroc"] == pytest.approx(0.5)
+    assert rows[0]["pixel_auroc"] == pytest.approx(1.0) and rows[1]["pixel_auroc"] == pytest.approx(0.5)
+    assert [r["pixel_auroc"] for r in by_defect_type(labels, scores, types)] == [None, None]  # no masks
+    caught = caught_by_type(labels, scores, types, Threshold(0.5, "manual"))
+    assert caught == {"crack": 1.0, "stain": 0.0}
+    assert json.loads(json.dumps(rows)) == rows  # stored in eval.json / metrics.json as it is
+    with pytest.raises(ReconError, match="defect types"):
+        by_defect_type(labels, scores, types[:-1])
+    # no good images: each type's image AUROC is undefined, not a crash
+    assert by_defect_type([1, 1], [0.2, 0.3], ["a", "b"])[0]["image_auroc"] is None

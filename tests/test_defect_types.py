@@ -1,0 +1,90 @@
+"""Per-defect-type evaluation: which kinds of real defect a run finds. A project's defect types (kept in
+project.json, the defects share one folder) reach the evaluation; runs, `eval`, `train` and saved evaluations
+carry one row per type. Tiny model, 32 px, seconds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_model import make_mvtec
+
+from recon_core.cli import main
+from recon_core.evaluation import current_evaluation, defect_type_rows, describe_type_row
+from recon_core.images import load_dataset
+from recon_core.metrics import Threshold
+from recon_core.runs import RunSpec, execute_run
+from recon_core.workspace import create_project, import_folder
+
+pytestmark = pytest.mark.usefixtures("tiny_model_env")
+
+
+def two_kinds(root: Path) -> Path:
+    """make_mvtec's 4 'crack' defects, 2 of them moved to a second kind, 'stain'."""
+    make_mvtec(root)
+    for sub in ("test", "ground_truth"):
+        (root / sub / "stain").mkdir()
+    for name in ("002", "003"):
+        shutil.move(root / "test" / "crack" / f"{name}.png", root / "test" / "stain" / f"{name}.png")
+        shutil.move(
+            root / "ground_truth" / "crack" / f"{name}_mask.png", root / "ground_truth" / "stain" / f"{name}_mask.png"
+        )
+    return root
+
+
+def test_a_projects_defect_types_reach_its_run_and_evaluation(tmp_path: Path) -> None:
+    """Before, a project's defects all sat in data/test/defect and every evaluation called them 'defect', although
+    the project knew their types (MVTec import, uploads with a type)."""
+    project = create_project(tmp_path / "ws", "p")
+    import_folder(project, two_kinds(tmp_path / "src"))
+    assert sorted(set(project.defect_types().values())) == ["crack", "stain"]
+    test = load_dataset(project.data_dir, 32).test
+    assert sorted(set(test.defect_types)) == ["crack", "good", "stain"]
+    run = tmp_path / "run"
+    execute_run(RunSpec(data=str(project.data_dir), model="tiny", iterations=4, checkpoint_every=0), run)
+    rows = json.loads((run / "metrics.json").read_text())["by_type"]
+    assert [(r["type"], r["n"]) for r in rows] == [("crack", 2), ("stain", 2)]
+    assert all(r["image_auroc"] is not None and r["pixel_auroc"] is not None for r in rows)
+    # a plain MVTec folder: the folder names the type, and a folder called data without a project is left alone
+    assert sorted(set(load_dataset(tmp_path / "src", 32).test.defect_types)) == ["crack", "good", "stain"]
+
+
+def test_saved_evaluations_give_rows_with_or_without_them_stored(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    execute_run(RunSpec(data=str(two_kinds(tmp_path / "d")), model="tiny", iterations=4, checkpoint_every=0), run)
+    result, _ = current_evaluation(run)
+    stored = defect_type_rows(result)
+    assert [r["type"] for r in stored] == ["crack", "stain"] and "caught" not in stored[0]
+    # an evaluation saved before the rows existed: recomputed from its stored (32 px, full-size) maps, same figures
+    data = json.loads((run / "eval.json").read_text())
+    del data["metrics"]["by_type"]
+    (run / "eval.json").write_text(json.dumps(data))
+    old, _ = current_evaluation(run)
+    assert "by_type" not in old.metrics
+    assert defect_type_rows(old) == stored
+    # with a threshold: the share of each type it rejects
+    middle = float(np.median(result.scores))
+    caught = defect_type_rows(result, Threshold(middle, "manual"))
+    for row in caught:
+        mine = [s for s, t in zip(result.scores, result.defect_types, strict=True) if t == row["type"]]
+        assert row["caught"] == pytest.approx(np.mean(np.asarray(mine) >= middle))
+    assert describe_type_row(caught[0]).startswith("crack (2 images): image AUROC ")
+    # an evaluation saved without its types gives no rows rather than a crash
+    old.defect_types = []
+    assert defect_type_rows(old) == []
+
+
+def test_cli_train_and_eval_show_each_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = two_kinds(tmp_path / "d")
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--model", "tiny", "--iterations", "4", "--out", str(run), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "per defect type:" in out and "crack (2 images): image AUROC" in out and "stain (2 images)" in out
+    assert main(["eval", str(run), "--data", str(data)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["type"] for r in report["by_type"]] == ["crack", "stain"]
+    assert all(0.0 <= r["caught"] <= 1.0 for r in report["by_type"])  # the run's default threshold
+    assert "by_type" not in report["metrics"]  # once in the report, not twice
