@@ -325,6 +325,7 @@ def run_one(
         "device": str(net.device),
         "precision": metrics.get("precision"),  # what training ran in ("auto" resolves per machine)
         "by_type": metrics.get("by_type"),  # per defect type (JSON only): which kinds of real defect it finds
+        "outlying_goods": metrics.get("outlying_goods"),  # test goods far above the rest (JSON only)
     }
     return row
 

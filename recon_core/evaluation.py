@@ -162,9 +162,12 @@ def evaluate_bundle(
     )
     result_metrics["synthetic"] = synthetic
     result_metrics.update(exclusion.to_metrics())
+    outliers = [test.paths[i] for i in metrics.outlying_goods(labels, scores)]
+    result_metrics["outlying_goods"] = [Path(p.split("#")[0]).name for p in outliers]
     result_metrics["warnings"] = (
         leak_warnings(exclusion, duplicates)
         + detection_warnings(result_metrics)
+        + outlier_warnings(result_metrics)
         + training_warnings(model.name, loaded.metadata.get("preset"), loaded.metadata.get("iterations"))
     )
     return EvalResult(
@@ -231,6 +234,20 @@ def detection_warnings(m: dict[str, Any]) -> list[str]:
             f"{lo:.2f}. Add real defect and good images before relying on it."
         ]
     return []
+
+
+def outlier_warnings(m: dict[str, Any]) -> list[str]:
+    """Good images scored far above every other good (metrics.outlying_goods): a variant training lacked."""
+    names = m.get("outlying_goods") or []
+    if not names:
+        return []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [
+        f"{len(names)} good image(s) score far above all the other good images ({shown}): they likely show a "
+        "variant of the product that no training image shows (another position, lighting, an edge of the part), "
+        "so the model calls them defective. They lower the image AUROC and lift a threshold set from good images. "
+        "Add photos like them to the training goods and train again (or remove them if they are not good parts)."
+    ]
 
 
 def training_warnings(model: str | None, preset: str | None, iterations: Any) -> list[str]:

@@ -367,6 +367,27 @@ DEFAULT_MARGIN_SD = 1.0  # the default threshold: highest held-out good score + 
 CHANCE_AUROC = 0.55  # image AUROC at or below this on real defects: no better than guessing
 
 
+OUTLIER_GOODS_MIN = 8  # fewer held-out goods: their median and spread say too little to call one an outlier
+OUTLIER_ROBUST_Z = 50.0  # robust z (median, 1.4826 MAD) of a good's score: normal tails measured up to ~29
+
+
+def outlying_goods(labels: Any, scores: Any) -> list[int]:
+    """Indices of good images that score far above the other goods: more than OUTLIER_ROBUST_Z robust standard
+    deviations above their median. Such a good usually shows a variant of the product the training images lack
+    (AITEX fabric01: the scan-start tiles, mostly white, score 240-14 000 robust SDs above the rest for every model
+    when the 20 training goods hold none of them), which caps the image AUROC and lifts a goods-based threshold."""
+    y, s = _labels_scores(labels, scores)
+    good = np.flatnonzero(y == 0)
+    if good.size < OUTLIER_GOODS_MIN:
+        return []
+    g = s[good]
+    centre = float(np.median(g))
+    spread = 1.4826 * float(np.median(np.abs(g - centre)))
+    if spread <= 0.0:
+        return []
+    return [int(i) for i in good[(g - centre) / spread > OUTLIER_ROBUST_Z]]
+
+
 def goods_needed(target_fpr: float) -> int | None:
     """Held-out goods a false-alarm target needs before it means something (rule of three: 3 / target); None for
     a target of 0, which no finite number of goods confirms."""

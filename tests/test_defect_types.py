@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from tiny_model import make_mvtec
 
 from recon_core.cli import main
@@ -88,3 +89,32 @@ def test_cli_train_and_eval_show_each_type(tmp_path: Path, capsys: pytest.Captur
     assert [r["type"] for r in report["by_type"]] == ["crack", "stain"]
     assert all(0.0 <= r["caught"] <= 1.0 for r in report["by_type"])  # the run's default threshold
     assert "by_type" not in report["metrics"]  # once in the report, not twice
+
+
+def test_outlying_goods_rule() -> None:
+    from recon_core.metrics import OUTLIER_GOODS_MIN, outlying_goods
+
+    rng = np.random.default_rng(0)
+    goods = list(rng.normal(1.0, 0.05, 40))
+    labels = [0] * 42 + [1, 1]
+    scores = [*goods, 40.0, 55.0, 1.3, 1.5]  # two goods far out; the defects do not count
+    assert outlying_goods(labels, scores) == [40, 41]
+    # heavy but ordinary tails are not outliers: 500 log-normal good scores (max ~9 robust SDs)
+    tail = list(rng.lognormal(0.0, 0.5, 500))
+    assert outlying_goods([0] * 500, tail) == []
+    assert outlying_goods([0] * (OUTLIER_GOODS_MIN - 1) + [1], [1.0] * (OUTLIER_GOODS_MIN - 2) + [99.0, 2.0]) == []
+    assert outlying_goods([0] * 10, [1.0] * 9 + [5.0]) == []  # no spread among the goods: nothing to measure by
+
+
+def test_a_good_variant_training_lacked_is_named(tmp_path: Path) -> None:
+    """AITEX fabric01's scan-start tiles (mostly white) scored 240-14 000 robust SDs above the other goods for every
+    model whose 20 training goods held none of them, capping image AUROC at 56/60 = 0.933 with no word why."""
+    data = make_mvtec(tmp_path / "d", n_good=12)
+    variant = np.asarray(Image.open(data / "test" / "good" / "000.png")).copy()
+    variant[:, :20] = 255  # half white: a view of the part the training goods never show
+    Image.fromarray(variant).save(data / "test" / "good" / "011.png")
+    run = tmp_path / "run"
+    execute_run(RunSpec(data=str(data), model="tiny", iterations=4, checkpoint_every=0), run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["outlying_goods"] == ["011.png"]
+    assert any(w.startswith("1 good image(s) score far above") and "011.png" in w for w in metrics["warnings"])

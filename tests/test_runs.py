@@ -148,9 +148,10 @@ def test_evaluate_bundle_and_save_load(mvtec, tmp_path):
     save_eval(ev, tmp_path / "e.npz")
     back = load_eval(tmp_path / "e.json")
     np.testing.assert_allclose(back.scores, ev.scores)
-    numbers = {k: v for k, v in ev.metrics.items() if k not in ("warnings", "by_type")}
+    numbers = {k: v for k, v in ev.metrics.items() if k not in ("warnings", "by_type", "outlying_goods")}
     assert {k: back.metrics[k] for k in numbers} == pytest.approx(numbers) and back.paths == ev.paths
     assert back.metrics["warnings"] == ev.metrics["warnings"] and back.metrics["by_type"] == ev.metrics["by_type"]
+    assert back.metrics["outlying_goods"] == ev.metrics["outlying_goods"]
     assert (tmp_path / "e.npz").is_file() and (tmp_path / "e.json").is_file()
 
 
