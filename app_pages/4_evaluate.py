@@ -70,7 +70,14 @@ def per_type(result, run_dir: Path) -> None:
     fig.add_bar(y=table["type"], x=table["image_auroc"], orientation="h", name="image AUROC")
     if table["pixel_auroc"].notna().any():
         fig.add_bar(y=table["type"], x=table["pixel_auroc"], orientation="h", name="pixel AUROC")
-    fig.add_vline(x=0.5, line_dash="dash", line_color="gray", annotation_text="chance")
+    fig.add_vline(
+        x=0.5,
+        line_dash="dash",
+        line_color="gray",
+        layer="below",
+        annotation_text="chance",
+        annotation_position="bottom",
+    )
     fig.update_layout(
         title="AUROC per defect type",
         barmode="group",
