@@ -199,6 +199,16 @@ def evaluate(labels: Any, scores: Any, masks: Any = None, maps: Any = None) -> d
     return out
 
 
+def _defect_kinds(labels: Any, scores: Any, defect_types: Any) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(labels, scores, {defect type: mask of its defect images}) with the types checked against the labels."""
+    y, s = _labels_scores(labels, scores)
+    types = np.asarray(list(defect_types), dtype=object)
+    if types.shape != y.shape:
+        raise ReconError(f"metrics: {y.size} labels but {types.size} defect types")
+    kinds = sorted({str(t) for t in types[y == 1]})
+    return y, s, {kind: (y == 1) & (types == kind) for kind in kinds}
+
+
 def by_defect_type(
     labels: Any, scores: Any, defect_types: Any, masks: Any = None, maps: Any = None
 ) -> list[dict[str, Any]]:
@@ -206,15 +216,10 @@ def by_defect_type(
     AUROC can hide a kind at chance behind an easy one). One row per defect type, by name: `type`, `n`,
     `image_auroc` (that type's images vs every good image) and, with masks and maps, `pixel_auroc` (that type's
     defect pixels vs the good pixels of those images and of every good image). Undefined figures are None."""
-    y, s = _labels_scores(labels, scores)
-    types = np.asarray(list(defect_types), dtype=object)
-    if types.shape != y.shape:
-        raise ReconError(f"metrics: {y.size} labels but {types.size} defect types")
-    good = y == 0
+    y, s, kinds = _defect_kinds(labels, scores, defect_types)
     rows: list[dict[str, Any]] = []
-    for kind in sorted({str(t) for t in types[y == 1]}):
-        mine = (y == 1) & (types == kind)
-        keep = good | mine
+    for kind, mine in kinds.items():
+        keep = (y == 0) | mine
         row: dict[str, Any] = {
             "type": kind,
             "n": int(mine.sum()),
@@ -229,15 +234,8 @@ def by_defect_type(
 
 def caught_by_type(labels: Any, scores: Any, defect_types: Any, threshold: Threshold) -> dict[str, float]:
     """Share of each defect type's images rejected at `threshold` (score >= its value): the detection rate per kind."""
-    y, s = _labels_scores(labels, scores)
-    types = np.asarray(list(defect_types), dtype=object)
-    if types.shape != y.shape:
-        raise ReconError(f"metrics: {y.size} labels but {types.size} defect types")
-    out: dict[str, float] = {}
-    for kind in sorted({str(t) for t in types[y == 1]}):
-        mine = (y == 1) & (types == kind)
-        out[kind] = float((s[mine] >= threshold.value).mean())
-    return out
+    _, s, kinds = _defect_kinds(labels, scores, defect_types)
+    return {kind: float((s[mine] >= threshold.value).mean()) for kind, mine in kinds.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
