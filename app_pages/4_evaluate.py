@@ -92,13 +92,16 @@ def per_type(result, run_dir: Path) -> None:
         "n": "images",
         "image_auroc": "image AUROC",
         "pixel_auroc": "pixel AUROC",
+        "pixel_share": "share of defect pixels",
         "caught": "caught at the saved threshold",
     }
-    shown = table[[c for c in columns if c in table]].rename(columns=columns)
+    present = [c for c in columns if c in table and (c in ("type", "n") or table[c].notna().any())]
+    shown = table[present].rename(columns=columns)
     formats = {name: st.column_config.NumberColumn(format="%.3f") for name in ("image AUROC", "pixel AUROC")}
-    if "caught" in table:
-        shown["caught at the saved threshold"] *= 100
-        formats["caught at the saved threshold"] = st.column_config.NumberColumn(format="%.0f%%")
+    for share in ("pixel_share", "caught"):
+        if share in present:
+            shown[columns[share]] = pd.to_numeric(shown[columns[share]]) * 100
+            formats[columns[share]] = st.column_config.NumberColumn(format="%.0f%%")
     st.dataframe(shown, hide_index=True, width="stretch", key="per_type_table", column_config=formats)
     if threshold is None:
         st.caption("Save a threshold on the Threshold page to see how many of each type it catches.")

@@ -54,10 +54,11 @@ def main() -> None:
             print(json.dumps(line))
             key = (facts["model"], facts["preset"], facts["category"], facts["labelled_defects"], row["type"])
             groups[key].append(row)
-    print("\nmodel | preset | category | K | type | images | runs | image AUROC | pixel AUROC", file=sys.stderr)
+    header = "model | preset | category | K | type | images | runs | image AUROC | pixel AUROC | share of defect pixels"
+    print("\n" + header, file=sys.stderr)
     for key, rows in sorted(groups.items()):
         cells = []
-        for metric in ("image_auroc", "pixel_auroc"):
+        for metric in ("image_auroc", "pixel_auroc", "pixel_share"):
             values = [r[metric] for r in rows if r[metric] is not None]
             cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "–")
         print(" | ".join(map(str, key)) + f" | {rows[0]['n']} | {len(rows)} | " + " | ".join(cells), file=sys.stderr)

@@ -215,8 +215,12 @@ def by_defect_type(
     """Each kind of defect against all the good images: which kinds the model finds and which it misses (a headline
     AUROC can hide a kind at chance behind an easy one). One row per defect type, by name: `type`, `n`,
     `image_auroc` (that type's images vs every good image) and, with masks and maps, `pixel_auroc` (that type's
-    defect pixels vs the good pixels of those images and of every good image). Undefined figures are None."""
+    defect pixels vs the good pixels of those images and of every good image) and `pixel_share` (its share of all
+    defect pixels: the headline pixel AUROC is mostly the figure of the types with the largest share). Undefined
+    figures are None."""
     y, s, kinds = _defect_kinds(labels, scores, defect_types)
+    defect_pixels = None if masks is None else np.asarray(masks).reshape(len(y), -1) > 0.5
+    total = 0 if defect_pixels is None else int(defect_pixels.sum())
     rows: list[dict[str, Any]] = []
     for kind, mine in kinds.items():
         keep = (y == 0) | mine
@@ -225,9 +229,11 @@ def by_defect_type(
             "n": int(mine.sum()),
             "image_auroc": _none_if_nan(image_auroc(y[keep], s[keep])),
             "pixel_auroc": None,
+            "pixel_share": None,
         }
-        if masks is not None and maps is not None:
+        if defect_pixels is not None and maps is not None:
             row["pixel_auroc"] = _none_if_nan(pixel_auroc(np.asarray(masks)[keep], np.asarray(maps)[keep]))
+            row["pixel_share"] = float(defect_pixels[mine].sum() / total) if total else None
         rows.append(row)
     return rows
 

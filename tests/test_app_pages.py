@@ -272,6 +272,7 @@ def test_evaluate_page(workspace: Path) -> None:
     table = next(d.value for d in at.dataframe if "image AUROC" in d.value.columns)
     assert list(table["type"]) == ["dent", "scratch", "stain"] and list(table["images"]) == [2, 2, 2]
     assert table["caught at the saved threshold"].between(0, 100).all()
+    assert table["share of defect pixels"].sum() == pytest.approx(100)
     at.button(key="run_eval").click()  # re-evaluate on the current test images: cached next to the run
     at.run()
     assert not at.exception and not at.error

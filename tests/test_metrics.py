@@ -341,6 +341,7 @@ def test_by_defect_type_finds_the_kind_a_headline_hides():
     assert [(r["type"], r["n"]) for r in rows] == [("crack", 2), ("stain", 2)]
     assert rows[0]["image_auroc"] == pytest.approx(1.0) and rows[1]["image_auroc"] == pytest.approx(0.5)
     assert rows[0]["pixel_auroc"] == pytest.approx(1.0) and rows[1]["pixel_auroc"] == pytest.approx(0.5)
+    assert [r["pixel_share"] for r in rows] == [0.5, 0.5]  # one defect pixel in each of the 4 defect images
     assert [r["pixel_auroc"] for r in by_defect_type(labels, scores, types)] == [None, None]  # no masks
     caught = caught_by_type(labels, scores, types, Threshold(0.5, "manual"))
     assert caught == {"crack": 1.0, "stain": 0.0}
