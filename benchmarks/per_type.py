@@ -1,11 +1,11 @@
 """Per-defect-type figures of kept bench runs: which kinds of real defect a model finds and which it misses.
 Reads each run's saved evaluation (eval.npz + eval.json; the rows stored with it, else recomputed from its stored
-maps, `evaluation.defect_type_rows`) and prints one JSON line per (run, type), then a mean ± std table per
-(model, preset, category, type) over the runs given.
+maps, `evaluation.defect_type_rows`) and prints one JSON line per (run, type) on stdout, then a markdown table of
+mean ± std per (model, preset, category, K, type) over the runs given on stderr.
 
     python -m recon_core bench --models draem --categories magnetic_tile/magnetic_tile --shots 20 --seeds 0 \\
         --iterations 1330 --out /tmp/q --name q --keep-runs KEPT
-    python benchmarks/per_type.py KEPT/* > benchmarks/results/per_type.jsonl
+    python benchmarks/per_type.py KEPT/* > benchmarks/results/per_type.jsonl 2> benchmarks/results/per_type.md
 
 Results: `results/per_type.jsonl`, README "Issue 12" (per defect type).
 """
@@ -54,14 +54,16 @@ def main() -> None:
             print(json.dumps(line))
             key = (facts["model"], facts["preset"], facts["category"], facts["labelled_defects"], row["type"])
             groups[key].append(row)
-    header = "model | preset | category | K | type | images | runs | image AUROC | pixel AUROC | share of defect pixels"
-    print("\n" + header, file=sys.stderr)
+    columns = ["model", "preset", "category", "K", "type", "images", "runs", "image AUROC", "pixel AUROC",
+               "share of defect pixels"]  # fmt: skip
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns), file=sys.stderr)
     for key, rows in sorted(groups.items()):
         cells = []
         for metric in ("image_auroc", "pixel_auroc", "pixel_share"):
             values = [r[metric] for r in rows if r[metric] is not None]
             cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "–")
-        print(" | ".join(map(str, key)) + f" | {rows[0]['n']} | {len(rows)} | " + " | ".join(cells), file=sys.stderr)
+        print("| " + " | ".join(map(str, key)) + f" | {rows[0]['n']} | {len(rows)} | " + " | ".join(cells) + " |",
+              file=sys.stderr)  # fmt: skip
 
 
 if __name__ == "__main__":
