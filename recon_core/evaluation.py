@@ -162,8 +162,7 @@ def evaluate_bundle(
     )
     result_metrics["synthetic"] = synthetic
     result_metrics.update(exclusion.to_metrics())
-    outliers = [test.paths[i] for i in metrics.outlying_goods(labels, scores)]
-    result_metrics["outlying_goods"] = [Path(p.split("#")[0]).name for p in outliers]
+    result_metrics["outlying_goods"] = [Path(test.paths[i]).name for i in metrics.outlying_goods(labels, scores)]
     result_metrics["warnings"] = (
         leak_warnings(exclusion, duplicates)
         + detection_warnings(result_metrics)

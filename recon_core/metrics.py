@@ -219,8 +219,11 @@ def by_defect_type(
     defect pixels: the headline pixel AUROC is mostly the figure of the types with the largest share). Undefined
     figures are None."""
     y, s, kinds = _defect_kinds(labels, scores, defect_types)
-    defect_pixels = None if masks is None else np.asarray(masks).reshape(len(y), -1) > 0.5
-    total = 0 if defect_pixels is None else int(defect_pixels.sum())
+    with_maps = masks is not None and maps is not None
+    if with_maps:  # converted once, not per type
+        masks, maps = np.asarray(masks), np.asarray(maps)
+        defect_pixels = masks.reshape(len(y), -1) > 0.5
+        total = int(defect_pixels.sum())
     rows: list[dict[str, Any]] = []
     for kind, mine in kinds.items():
         keep = (y == 0) | mine
@@ -231,8 +234,8 @@ def by_defect_type(
             "pixel_auroc": None,
             "pixel_share": None,
         }
-        if defect_pixels is not None and maps is not None:
-            row["pixel_auroc"] = _none_if_nan(pixel_auroc(np.asarray(masks)[keep], np.asarray(maps)[keep]))
+        if with_maps:
+            row["pixel_auroc"] = _none_if_nan(pixel_auroc(masks[keep], maps[keep]))
             row["pixel_share"] = float(defect_pixels[mine].sum() / total) if total else None
         rows.append(row)
     return rows
