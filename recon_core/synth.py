@@ -33,10 +33,6 @@ MAX_FOLDER_TEXTURES = 128  # a texture folder is sampled (seeded) down to this m
 NOISE_TEXTURES = 16  # size of the generated pool for texture_source="noise"
 EMPTY_MASK_RETRIES = 4
 SELF_PATCH_SHARE = (0.25, 0.75)  # texture_source "self": patch side, share of the image side
-SHADING_SCALE_MAX = 1  # shading regions: 2**0-2**1 Perlin blobs per axis, i.e. a quarter of the image or more
-SHADING_THRESHOLD = (0.0, 0.3)  # their mask threshold: lower than the blobs' default 0.5, so regions are large
-SHADING_GAIN = (0.15, 0.45)  # brightness change of a shading defect, a share of the pixel value, either sign
-SHADING_CONTRAST = (0.6, 1.8)  # its local contrast factor (streaks stronger or flatter than around it)
 N_AUGMENTATIONS = 10  # len(AUGMENTATIONS) below (asserted there); the upper bound of texture_augmentations
 MAX_SEED = 2**32 - 1  # also what a number box in the browser can hold exactly
 OUTLINE_COLOUR = (255, 0, 255)  # magenta: rare in product photos
@@ -140,16 +136,6 @@ class SynthConfig:
         hi=1.0,
         step=0.05,
         label="Thin defects (scratches): share",
-        group="Defect shape (Perlin noise)",
-    )
-    shading_probability: float = knob(
-        0.0,
-        "share of defects drawn as a brightness / contrast change over a large region (uneven finish, "
-        "discolouration) instead of a pasted texture",
-        lo=0.0,
-        hi=1.0,
-        step=0.05,
-        label="Shading defects (large uneven regions): share",
         group="Defect shape (Perlin noise)",
     )
     real_defect_share: float = knob(
@@ -422,19 +408,6 @@ def scratch_mask(
     return mask.astype(np.float32) if mask.any() else None
 
 
-def shade(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The product's own surface, brighter or darker and with stronger or flatter local contrast inside `mask`
-    (float32 (H, W) {0, 1}): an uneven finish or a discoloured region. No foreign texture, so only the change
-    of level and the region's edge tell it from good surface. Returns a new float32 image in [0, 1]."""
-    img = image.astype(np.float32)
-    gain = np.float32(1 + rng.choice((-1.0, 1.0)) * rng.uniform(*SHADING_GAIN))
-    contrast = np.float32(rng.uniform(*SHADING_CONTRAST))
-    side = min(img.shape[:2])
-    local = cv2.blur(img, (max(3, side // 32) | 1,) * 2)  # the surface's level; img - local are its streaks
-    changed = (local + contrast * (img - local)) * gain
-    return np.clip(img + mask[..., None] * (changed - img), 0.0, 1.0)
-
-
 def _patch(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random square patch of a good image, flipped / turned at random, stretched back to the image size: the
     product's own material, out of place (texture_source "self")."""
@@ -517,11 +490,9 @@ class DefectGenerator:
 
     # -- masks ------------------------------------------------------------------------------------------
 
-    def _one_noise(
-        self, side: int, rng: np.random.Generator, height: int, width: int, scale_max: int | None = None
-    ) -> np.ndarray:
+    def _one_noise(self, side: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         cfg = self.config
-        max_k = min(cfg.perlin_scale_max if scale_max is None else scale_max, int(math.log2(side)))
+        max_k = min(cfg.perlin_scale_max, int(math.log2(side)))
         min_k = min(cfg.perlin_scale_min, max_k)
         ky, kx = rng.integers(min_k, max_k + 1, size=2)
         noise = perlin_noise(side, (2 ** int(ky), 2 ** int(kx)), rng)
@@ -531,23 +502,14 @@ class DefectGenerator:
         return noise[:height, :width]
 
     def _one_mask(
-        self,
-        rng: np.random.Generator,
-        height: int,
-        width: int,
-        allowed: np.ndarray | None = None,
-        scale_max: int | None = None,
-        threshold: float | None = None,
+        self, rng: np.random.Generator, height: int, width: int, allowed: np.ndarray | None = None
     ) -> np.ndarray:
-        """A binary Perlin mask, never empty; inside `allowed` (bool (H, W), the foreground) when given.
-        `scale_max` caps the Perlin scale exponent and `threshold` replaces the configured one (shading defects
-        want a few large regions)."""
-        threshold = self.config.threshold if threshold is None else threshold
+        """A binary Perlin mask, never empty; inside `allowed` (bool (H, W), the foreground) when given."""
         side = _next_pow2(max(height, width))  # generate at the next power of two, then crop
         noise = None
         for _ in range(EMPTY_MASK_RETRIES + 1):
-            noise = self._one_noise(side, rng, height, width, scale_max)
-            mask = noise > threshold
+            noise = self._one_noise(side, rng, height, width)
+            mask = noise > self.config.threshold
             if allowed is not None:
                 mask &= allowed
             if mask.any():
@@ -632,13 +594,6 @@ class DefectGenerator:
                     out[i], masks[i] = pasted
                     has_defect[i] = True
                     continue
-            if cfg.shading_probability > 0 and rng.random() < cfg.shading_probability:
-                threshold = float(rng.uniform(*SHADING_THRESHOLD))
-                mask = self._one_mask(rng, height, width, allowed, SHADING_SCALE_MAX, threshold)
-                out[i] = shade(out[i], mask, rng)
-                masks[i] = mask
-                has_defect[i] = True
-                continue
             mask = None
             if cfg.thin_probability > 0 and rng.random() < cfg.thin_probability:
                 mask = scratch_mask(rng, height, width, allowed)
