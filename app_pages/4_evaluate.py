@@ -27,6 +27,7 @@ from recon_core.evaluation import (
     evaluated_on,
     record_evaluation,
     synthetic_test_set,
+    type_findings,
 )
 from recon_core.images import load_image, load_images, to_uint8
 from recon_core.inference import overlay
@@ -65,6 +66,9 @@ def per_type(result, run_dir: Path) -> None:
     if len(rows) < 2:
         return
     st.subheader("Per defect type")
+    findings = type_findings(rows, result.metrics.get("pixel_auroc"))
+    if findings:
+        st.info("\n".join(f"- {finding}" for finding in findings))
     table = pd.DataFrame(rows)
     fig = go.Figure()
     fig.add_bar(y=table["type"], x=table["image_auroc"], orientation="h", name="image AUROC")

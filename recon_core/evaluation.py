@@ -26,6 +26,10 @@ SYNTH_EVAL_SEED = 20_211_011  # fixed: every run of a project is judged on the s
 FAINT_OPACITY = (0.01, 0.2)
 MEDIUM_OPACITY = (0.2, 0.5)
 STORED_MAP_SIZE = 128  # maps larger than this are downsampled (area) for storage; metrics use full maps
+# What the per-type rows say in words (type_findings). Descriptions of a result, not settings of a model:
+NEAR_CHANCE = 0.6  # image AUROC at most this: the image score barely tells the kind from good parts
+FOUND_BY_MAPS = 0.9  # pixel AUROC at least this: the maps do mark the kind's pixels
+DOMINANT_PIXEL_SHARE = 0.5  # a kind holding this share of all defect pixels sets the pooled pixel AUROC
 
 
 @dataclass
@@ -368,6 +372,39 @@ def describe_type_row(row: dict[str, Any]) -> str:
     if row.get("caught") is not None:
         parts.append(f"caught {100 * row['caught']:.0f} %")
     return f"{row['type']} ({row['n']} images): " + ", ".join(parts)
+
+
+def type_findings(rows: list[dict[str, Any]], pixel_auroc: float | None = None) -> list[str]:
+    """What the per-type rows mean for the user, in sentences: kinds the image score cannot tell from good parts,
+    kinds the maps find but the image score misses (good parts' maps peak as high), and one kind whose area makes
+    the pooled pixel AUROC its own figure. Empty with fewer than two kinds (the headline already says it)."""
+    if len(rows) < 2:
+        return []
+    out = []
+    blind = [r for r in rows if r.get("image_auroc") is not None and r["image_auroc"] <= NEAR_CHANCE]
+    seen = [r for r in blind if (r.get("pixel_auroc") or 0.0) >= FOUND_BY_MAPS]
+    unseen = [r for r in blind if r not in seen]
+    if unseen:
+        names = ", ".join(f"{r['type']} ({r['image_auroc']:.2f})" for r in unseen)
+        out.append(
+            f"Near chance on {names}: the image score barely tells these kinds from good parts (image AUROC "
+            f"≤ {NEAR_CHANCE}). If you have a few photos of them with masks, add them as training defects (Project "
+            "page), or try another model."
+        )
+    if seen:
+        names = ", ".join(f"{r['type']} (pixel {r['pixel_auroc']:.2f}, image {r['image_auroc']:.2f})" for r in seen)
+        out.append(
+            f"The maps find {names}, but the image score misses them: good parts' maps peak as high somewhere. "
+            "Look at the good images' heatmaps (Evaluate page) for where."
+        )
+    shares = [r for r in rows if r.get("pixel_share") is not None and r["pixel_share"] >= DOMINANT_PIXEL_SHARE]
+    if shares and pixel_auroc is not None:
+        r = shares[0]
+        out.append(
+            f"{r['type']} holds {100 * r['pixel_share']:.0f} % of all defect pixels, so the pixel AUROC "
+            f"({pixel_auroc:.3f}) is mostly its figure; the other kinds' own pixel AUROC is in the table."
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -273,6 +273,10 @@ def test_evaluate_page(workspace: Path) -> None:
     assert list(table["type"]) == ["dent", "scratch", "stain"] and list(table["images"]) == [2, 2, 2]
     assert table["caught at the saved threshold"].between(0, 100).all()
     assert table["share of defect pixels"].sum() == pytest.approx(100)
+    # what the rows mean, in words above the chart: one sentence for each condition the rows meet
+    info = " ".join(i.value for i in at.info)
+    assert ("Near chance on" in info or "The maps find" in info) == bool((table["image AUROC"] <= 0.6).any())
+    assert ("of all defect pixels" in info) == bool((table["share of defect pixels"] >= 50).any())
     at.button(key="run_eval").click()  # re-evaluate on the current test images: cached next to the run
     at.run()
     assert not at.exception and not at.error

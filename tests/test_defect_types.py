@@ -14,7 +14,7 @@ from PIL import Image
 from tiny_model import make_mvtec
 
 from recon_core.cli import main
-from recon_core.evaluation import current_evaluation, defect_type_rows, describe_type_row
+from recon_core.evaluation import current_evaluation, defect_type_rows, describe_type_row, type_findings
 from recon_core.images import load_dataset
 from recon_core.metrics import Threshold
 from recon_core.runs import RunSpec, execute_run
@@ -89,6 +89,30 @@ def test_cli_train_and_eval_show_each_type(tmp_path: Path, capsys: pytest.Captur
     assert [r["type"] for r in report["by_type"]] == ["crack", "stain"]
     assert all(0.0 <= r["caught"] <= 1.0 for r in report["by_type"])  # the run's default threshold
     assert "by_type" not in report["metrics"]  # once in the report, not twice
+    assert report["type_findings"] == type_findings(report["by_type"], report["metrics"]["pixel_auroc"])
+
+
+def test_type_findings_say_what_the_rows_mean() -> None:
+    """Magnetic tile's DRAEM figures (README, Issue 12) and tire's: a kind at chance, kinds the maps find but the
+    image score misses, and one kind whose area sets the pooled pixel AUROC."""
+    row = lambda t, img, px, share: {"type": t, "n": 10, "image_auroc": img, "pixel_auroc": px, "pixel_share": share}  # noqa: E731
+    tile = [row("blowhole", 0.637, 0.941, 0.007), row("crack", 0.514, 0.861, 0.012), row("uneven", 0.564, 0.562, 0.711)]
+    near, dominant = type_findings(tile, pixel_auroc=0.562)
+    assert near.startswith("Near chance on crack (0.51), uneven (0.56)") and "blowhole" not in near
+    assert dominant.startswith("uneven holds 71 % of all defect pixels") and "(0.562)" in dominant
+    tire = [row("cut", 0.510, 0.916, 0.20), row("hole", 0.529, 0.951, 0.37), row("combined", 0.70, 0.94, 0.43)]
+    (maps_find,) = type_findings(tire, pixel_auroc=0.936)
+    assert maps_find.startswith("The maps find cut (pixel 0.92, image 0.51), hole (pixel 0.95, image 0.53)")
+    assert "combined" not in maps_find  # its image score is above chance
+    # nothing to say: every kind found, none dominant; one kind alone: the headline already says it
+    assert type_findings([row("a", 0.95, 0.97, 0.4), row("b", 0.9, 0.96, 0.6)], pixel_auroc=0.96)[0].startswith(
+        "b holds"
+    )
+    assert type_findings([row("a", 0.95, 0.97, 0.4), row("b", 0.9, 0.96, 0.45)], pixel_auroc=0.96) == []
+    assert type_findings([row("a", 0.5, 0.5, 1.0)], pixel_auroc=0.5) == []
+    # no masks: no pixel figures, no pixel sentences
+    bare = [{"type": "a", "n": 3, "image_auroc": 0.55}, {"type": "b", "n": 3, "image_auroc": 0.9}]
+    assert type_findings(bare) == [type_findings(bare)[0]] and "a (0.55)" in type_findings(bare)[0]
 
 
 def test_outlying_goods_rule() -> None:

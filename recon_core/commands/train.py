@@ -248,9 +248,11 @@ def train(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     by_type = m.get("by_type") or []
     if len(by_type) > 1:
-        from recon_core.evaluation import describe_type_row
+        from recon_core.evaluation import describe_type_row, type_findings
 
         print("per defect type:\n" + "\n".join("  " + describe_type_row(row) for row in by_type))
+        for finding in type_findings(by_type, m.get("pixel_auroc")):
+            print(f"  - {finding}")
     if several_stages(m.get("stage_iterations")):
         print(f"iterations per stage (replay with --stage-iterations): {m['stage_iterations']}")
     if m.get("synthetic"):
@@ -279,15 +281,24 @@ def _print_caveats(warnings: list[str] | None, threshold: Any = None) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     from recon_core import metrics as metrics_mod
     from recon_core.bundle import load_bundle
-    from recon_core.evaluation import defect_type_rows, evaluate_bundle, evaluated_on, record_evaluation, save_eval
+    from recon_core.evaluation import (
+        defect_type_rows,
+        evaluate_bundle,
+        evaluated_on,
+        record_evaluation,
+        save_eval,
+        type_findings,
+    )
     from recon_core.runs import resolve_data_path
 
     bundle = load_bundle(bundle_path_of(args.run), args.device)
     # a run's own training images are left out (by content, from its data.json)
     result = evaluate_bundle(bundle, resolve_data_path(args.data), synthetic_fallback=not args.no_synthetic)
+    by_type = defect_type_rows(result, bundle.threshold)  # per defect type; `caught` at the saved threshold
     out: dict[str, Any] = {
         "metrics": {k: v for k, v in result.metrics.items() if k != "by_type"},
-        "by_type": defect_type_rows(result, bundle.threshold),  # per defect type; `caught` at the saved threshold
+        "by_type": by_type,
+        "type_findings": type_findings(by_type, result.metrics.get("pixel_auroc")),
         "synthetic": result.synthetic,
         "evaluated_on": evaluated_on(result.metrics),
         "warnings": result.metrics["warnings"],
