@@ -29,7 +29,8 @@ STORED_MAP_SIZE = 128  # maps larger than this are downsampled (area) for storag
 # What the per-type rows say in words (type_findings). Descriptions of a result, not settings of a model:
 NEAR_CHANCE = 0.6  # image AUROC at most this: the image score barely tells the kind from good parts
 FOUND_BY_MAPS = 0.9  # pixel AUROC at least this: the maps do mark the kind's pixels
-DOMINANT_PIXEL_SHARE = 0.5  # a kind holding this share of all defect pixels sets the pooled pixel AUROC
+DOMINANT_PIXEL_SHARE = 0.5  # a kind holding this share of all defect pixels sets the pooled pixel AUROC,
+HIDDEN_GAP = 0.1  # which is worth saying when another kind's own pixel AUROC differs from it by this much
 
 
 @dataclass
@@ -377,7 +378,8 @@ def describe_type_row(row: dict[str, Any]) -> str:
 def type_findings(rows: list[dict[str, Any]], pixel_auroc: float | None = None) -> list[str]:
     """What the per-type rows mean for the user, in sentences: kinds the image score cannot tell from good parts,
     kinds the maps find but the image score misses (good parts' maps peak as high), and one kind whose area makes
-    the pooled pixel AUROC its own figure. Empty with fewer than two kinds (the headline already says it)."""
+    the pooled pixel AUROC its own figure while another kind's differs. Empty with fewer than two kinds (the
+    headline already says it)."""
     if len(rows) < 2:
         return []
     out = []
@@ -398,8 +400,12 @@ def type_findings(rows: list[dict[str, Any]], pixel_auroc: float | None = None) 
             "Look at the good images' heatmaps (Evaluate page) for where."
         )
     shares = [r for r in rows if r.get("pixel_share") is not None and r["pixel_share"] >= DOMINANT_PIXEL_SHARE]
-    if shares and pixel_auroc is not None:
-        r = shares[0]
+    dominant = shares[0] if shares and shares[0].get("pixel_auroc") is not None else None
+    hidden = dominant is not None and any(
+        r.get("pixel_auroc") is not None and abs(r["pixel_auroc"] - dominant["pixel_auroc"]) >= HIDDEN_GAP for r in rows
+    )
+    if hidden and pixel_auroc is not None:
+        r = dominant
         out.append(
             f"{r['type']} holds {100 * r['pixel_share']:.0f} % of all defect pixels, so the pixel AUROC "
             f"({pixel_auroc:.3f}) is mostly its figure; the other kinds' own pixel AUROC is in the table."

@@ -104,10 +104,11 @@ def test_type_findings_say_what_the_rows_mean() -> None:
     (maps_find,) = type_findings(tire, pixel_auroc=0.936)
     assert maps_find.startswith("The maps find cut (pixel 0.92, image 0.51), hole (pixel 0.95, image 0.53)")
     assert "combined" not in maps_find  # its image score is above chance
-    # nothing to say: every kind found, none dominant; one kind alone: the headline already says it
-    assert type_findings([row("a", 0.95, 0.97, 0.4), row("b", 0.9, 0.96, 0.6)], pixel_auroc=0.96)[0].startswith(
-        "b holds"
-    )
+    # a dominant kind is named only when it hides another kind's map figure (the demo's stain holds 52 % with every
+    # kind at 0.999: nothing to say); every kind found and none dominant: nothing; one kind: the headline says it
+    hiding = [row("a", 0.95, 0.80, 0.4), row("b", 0.9, 0.96, 0.6)]
+    assert type_findings(hiding, pixel_auroc=0.93)[0].startswith("b holds 60 %")
+    assert type_findings([row("a", 0.95, 0.97, 0.4), row("b", 0.9, 0.96, 0.6)], pixel_auroc=0.96) == []
     assert type_findings([row("a", 0.95, 0.97, 0.4), row("b", 0.9, 0.96, 0.45)], pixel_auroc=0.96) == []
     assert type_findings([row("a", 0.5, 0.5, 1.0)], pixel_auroc=0.5) == []
     # no masks: no pixel figures, no pixel sentences
