@@ -405,9 +405,8 @@ def type_findings(rows: list[dict[str, Any]], pixel_auroc: float | None = None) 
         r.get("pixel_auroc") is not None and abs(r["pixel_auroc"] - dominant["pixel_auroc"]) >= HIDDEN_GAP for r in rows
     )
     if hidden and pixel_auroc is not None:
-        r = dominant
         out.append(
-            f"{r['type']} holds {100 * r['pixel_share']:.0f} % of all defect pixels, so the pixel AUROC "
+            f"{dominant['type']} holds {100 * dominant['pixel_share']:.0f} % of all defect pixels, so the pixel AUROC "
             f"({pixel_auroc:.3f}) is mostly its figure; the other kinds' own pixel AUROC is in the table."
         )
     return out
